@@ -1,0 +1,11 @@
+"""blo_mixup: fine-tune pretrained language models on small datasets.
+
+Core: attention-guided weight mixup, W_eff = A*W + (1-A)*W0, with A trained by bi-level optimization
+on Betty. Around it: the field's baselines behind one interface and the low-resource GLUE protocol.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import UserError  # noqa: E402
+
+__all__ = ["UserError", "__version__"]

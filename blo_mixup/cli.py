@@ -1,0 +1,147 @@
+"""The `blo-mixup` command: finetune, compare, bench, export, methods.
+
+Bad input ends with one line on stderr ("blo-mixup: error: <problem>; <fix>") and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from .errors import UserError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming the fix, like every other bad input."""
+
+    def error(self, message):
+        raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_flags(group, cls, seen: set[str] | None = None) -> None:
+    """One flag per dataclass field; help and type come from the field. Defaults stay in the dataclass."""
+    seen = set() if seen is None else seen
+    for f in dataclasses.fields(cls):
+        if f.name in seen:
+            continue
+        seen.add(f.name)
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        type_name = str(f.type)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if type_name.startswith("bool"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = int if type_name.startswith("int") else float if type_name.startswith("float") else str
+            kwargs["metavar"] = f.name.upper()
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(_flag(f.name), help=f"{help_text} (default: {default})", **kwargs)
+
+
+def build_parser() -> Parser:
+    from .config import RunConfig
+    from .methods import METHODS
+
+    parser = Parser(prog="blo-mixup", description="Fine-tune pretrained language models on small datasets.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    finetune = sub.add_parser("finetune", help="one fine-tuning run: train, evaluate on dev, save")
+    finetune.add_argument("--config", help="JSON or YAML file of options (flags override it)")
+    add_dataclass_flags(finetune.add_argument_group("run"), RunConfig)
+    seen: set[str] = set()
+    for name, cls in sorted(METHODS.items()):
+        if dataclasses.fields(cls.options_class):
+            add_dataclass_flags(finetune.add_argument_group(f"method {name}"), cls.options_class, seen)
+
+    export = sub.add_parser("export", help="write a run's model as a plain transformers model")
+    export.add_argument("run_dir", help="a run folder written by `blo-mixup finetune`")
+    export.add_argument("output", help="folder to write the merged model to")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    sub.add_parser("methods", help="list the fine-tuning methods and their options")
+
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub)
+    return parser
+
+
+def resolve_finetune(args: argparse.Namespace):
+    """Merge dataclass defaults < config file < flags; returns (RunConfig, Method instance)."""
+    from .config import RunConfig, build_dataclass, check_known_keys, field_names, read_config_file
+    from .methods import METHODS, get_method
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    values = read_config_file(args.config) if args.config else {}
+    method_name = given.get("method", values.get("method", RunConfig.method))
+    method_cls = get_method(method_name)
+    run_keys, method_keys = field_names(RunConfig), field_names(method_cls.options_class)
+    if args.config:
+        all_option_keys = sorted({k for cls in METHODS.values() for k in field_names(cls.options_class)})
+        check_known_keys(values, run_keys + all_option_keys, f"config file {args.config}")
+    values.update(given)
+    for key in values:
+        if key not in run_keys and key not in method_keys:
+            owners = [n for n, cls in METHODS.items() if key in field_names(cls.options_class)]
+            raise UserError(f"option {_flag(key)} belongs to method {', '.join(owners)}, not '{method_name}'; drop it or pass --method {owners[0]}")
+    run = build_dataclass(RunConfig, {k: v for k, v in values.items() if k in run_keys}, "the run options")
+    options = build_dataclass(method_cls.options_class, {k: v for k, v in values.items() if k in method_keys}, f"the {method_name} options")
+    return run, method_cls(options, run)
+
+
+def cmd_finetune(args) -> int:
+    from .finetune import run_finetune
+
+    run, method = resolve_finetune(args)
+    results = run_finetune(run, method)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in results["metrics"].items())
+    print(f"{results['task']} {results['method']} seed {results['seed']} ({results['train_size']} examples): "
+          f"dev {metrics}; train {results['train_time_s']:.1f} s; run saved in {results['config']['output_dir']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    path = export_run(args.run_dir, args.output, overwrite=args.overwrite)
+    print(f"wrote a plain transformers model to {path}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import METHODS
+
+    for name, cls in sorted(METHODS.items()):
+        print(f"{name}: {cls.summary}")
+        for f in dataclasses.fields(cls.options_class):
+            print(f"    {_flag(f.name)} (default {f.default}): {f.metadata.get('help', '')}")
+    return 0
+
+
+def main(argv=None) -> int:
+    commands = {"finetune": cmd_finetune, "export": cmd_export, "methods": cmd_methods}
+    try:
+        from .compare import cmd_compare
+
+        commands["compare"] = cmd_compare
+        args = build_parser().parse_args(argv)
+        return commands[args.command](args)
+    except UserError as e:
+        print(f"blo-mixup: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("blo-mixup: interrupted; finished runs are kept, re-run the same command to go on", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

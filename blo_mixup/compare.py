@@ -1,0 +1,101 @@
+"""`blo-mixup compare`: every (task, method, seed) run, resumable, then results.csv, summary.md, summary.png.
+
+Each run lives in OUTPUT_DIR/runs/<task>/<method>/seed<seed>/. A run with results.json is finished and
+never redone; a run folder without it (a killed run) is started again from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _csv(text: str, kind: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{kind} is empty; give a comma-separated list")
+    return items
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text, "seeds")]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers like 1,2,3; got '{text}'") from None
+
+
+def add_compare_parser(sub) -> None:
+    from .cli import add_dataclass_flags
+    from .config import RunConfig
+    from .methods import METHODS
+
+    parser = sub.add_parser("compare", help="run methods x seeds x tasks; write results.csv, summary.md, summary.png")
+    parser.add_argument("--tasks", required=True, help="comma-separated GLUE tasks, e.g. rte,mrpc")
+    parser.add_argument("--methods", required=True, help="comma-separated methods, e.g. vanilla,blo-mixup")
+    parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds (default: 1,2,3,4,5)")
+    parser.add_argument("--output-dir", required=True, help="folder for the runs and the summary")
+    parser.add_argument("--config", help="JSON or YAML file of options shared by all runs")
+    shared = [f for f in dataclasses.fields(RunConfig) if f.name not in ("task", "method", "seed", "output_dir", "overwrite")]
+    SharedOptions = dataclasses.make_dataclass("SharedOptions", [(f.name, f.type, f) for f in shared])
+    add_dataclass_flags(parser.add_argument_group("run options (all runs)"), SharedOptions)
+    seen: set[str] = set()
+    for name, cls in sorted(METHODS.items()):
+        if dataclasses.fields(cls.options_class):
+            add_dataclass_flags(parser.add_argument_group(f"method {name} (its runs only)"), cls.options_class, seen)
+
+
+def cmd_compare(args) -> int:
+    from .cli import resolve_finetune
+    from .config import RunConfig, field_names, read_config_file
+    from .data import get_task
+    from .finetune import run_finetune
+    from .methods import get_method
+    from .report import summary_plot, summary_table, write_results_csv
+    from .runs import is_finished, read_results, write_text_atomic
+
+    tasks = [get_task(t).name for t in _csv(args.tasks, "tasks")]
+    methods = _csv(args.methods, "methods")
+    for m in methods:
+        get_method(m)
+    seeds = _seeds(args.seeds)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shared = {k: v for k, v in vars(args).items() if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config")}
+    file_values = read_config_file(args.config) if args.config else {}
+
+    plan = [(t, m, s) for t in tasks for m in methods for s in seeds]
+    results, durations = [], []
+    for i, (task, method, seed) in enumerate(plan, 1):
+        run_dir = output_dir / "runs" / task / method / f"seed{seed}"
+        label = f"[{i}/{len(plan)}] {task} {method} seed {seed}"
+        if is_finished(run_dir):
+            results.append(read_results(run_dir))
+            print(f"{label}: done earlier, main score {results[-1]['main_score']:.4f}", flush=True)
+            continue
+        left = len(plan) - i + 1
+        eta = f", about {_minutes(left * sum(durations) / len(durations))} left" if durations else ""
+        print(f"{label}: running{eta}", flush=True)
+        own_keys = set(field_names(RunConfig)) | set(field_names(get_method(method).options_class))
+        values = {k: v for k, v in {**file_values, **shared}.items() if k in own_keys}
+        values.update(task=task, method=method, seed=seed, output_dir=str(run_dir))
+        run, method_obj = resolve_finetune(argparse.Namespace(command="finetune", config=None, **values))
+        started = time.perf_counter()
+        results.append(run_finetune(run, method_obj))
+        durations.append(time.perf_counter() - started)
+        print(f"{label}: main score {results[-1]['main_score']:.4f} in {durations[-1]:.0f} s", flush=True)
+
+    write_results_csv(results, output_dir / "results.csv")
+    table = summary_table(results, tasks, methods)
+    write_text_atomic(output_dir / "summary.md", table)
+    summary_plot(results, tasks, methods, output_dir / "summary.png")
+    print(table)
+    print(f"wrote {output_dir / 'results.csv'}, {output_dir / 'summary.md'}, {output_dir / 'summary.png'}")
+    return 0
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -1,0 +1,94 @@
+"""The one small interface every fine-tuning method implements, and the registry of methods.
+
+A method is a class with an options dataclass (its flags and config-file keys) and hooks into the
+shared training loop (training.train_loop). The loop never branches on a method's name: a method that
+changes the loss overrides `loss`, one that masks gradients overrides `before_optimizer_step`, one that
+changes the model overrides `prepare_model`, one that picks data overrides `training_data`, and one
+whose training is not a single loop at all (the bi-level core method, FTFT's two models) overrides `fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import unknown_choice
+
+if TYPE_CHECKING:
+    from ..training import RunContext
+
+
+@dataclass
+class NoOptions:
+    """A method without options of its own."""
+
+
+class Method:
+    name: ClassVar[str]
+    options_class: ClassVar[type] = NoOptions
+    summary: ClassVar[str] = ""
+
+    def __init__(self, options=None, run=None):
+        self.options = options if options is not None else self.options_class()
+        self.run = run
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra arguments for loading the model (e.g. eager attention, dropout overrides)."""
+        return {}
+
+    def prepare_model(self, model, ctx: RunContext):
+        """Change the model before training (swap layers, set dropout rates); return the model."""
+        return model
+
+    def training_data(self, ctx: RunContext):
+        """The tokenized training examples the loop iterates over."""
+        return ctx.train
+
+    def param_groups(self, model, ctx: RunContext, lr: float) -> list[dict]:
+        """Optimizer parameter groups; the default is AdamW's usual no-decay split."""
+        from ..training import default_param_groups
+
+        return default_param_groups(model.named_parameters(), ctx.run.weight_decay, lr)
+
+    # --- inside the loop ------------------------------------------------------------------------
+    def loss(self, model, batch: dict, ctx: RunContext):
+        """Training loss of one batch (batch holds 'labels' and 'idx')."""
+        from ..training import model_loss
+
+        return model_loss(model, batch)
+
+    def before_optimizer_step(self, model, step: int, ctx: RunContext) -> None:
+        """Called after backward and clipping, before optimizer.step (gradient masks)."""
+
+    def after_optimizer_step(self, model, step: int, ctx: RunContext) -> None:
+        """Called after optimizer.step and the scheduler step."""
+
+    # --- the whole of training ------------------------------------------------------------------
+    def fit(self, model, ctx: RunContext) -> dict[str, Any]:
+        """Train `model`; return statistics for results.json. Default: the shared loop."""
+        from ..training import train_loop
+
+        return train_loop(model, self, ctx, self.training_data(ctx), epochs=ctx.run.epochs, lr=ctx.lr)
+
+    def finalize_model(self, model):
+        """Return the plain transformers model to evaluate and save (e.g. merge swapped layers)."""
+        return model
+
+    def results(self) -> dict[str, Any]:
+        """Extra method-specific fields for results.json."""
+        return {}
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise unknown_choice("method", name, METHODS)
+    return METHODS[name]

@@ -1,0 +1,160 @@
+"""The core method: attention-guided weight mixup trained by bi-level optimization (methods.md section 1).
+
+Phase 1: W on D1 (lower), A on D2 (upper) through a hypergradient, on Betty. Phase 2: A fixed, W
+fine-tuned on the whole subsample. The saved model is merged: an ordinary transformers model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import UserError
+from .base import Method, register
+
+HYPERGRADIENT_CHOICES = ("darts", "neumann", "cg", "sama")
+
+
+@dataclass
+class BloMixupOptions:
+    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: darts, neumann, cg or sama", "choices": HYPERGRADIENT_CHOICES})
+    hypergradient_iterations: int | None = field(default=None, metadata={"help": "Neumann/CG iterations (default: the method's, see docs/hypergradients.md)"})
+    hypergradient_alpha: float | None = field(default=None, metadata={"help": "Neumann/CG step size"})
+    hypergradient_radius: float | None = field(default=None, metadata={"help": "DARTS/SAMA finite-difference radius (default 0.01)"})
+    unroll_steps: int = field(default=1, metadata={"help": "lower steps per upper step"})
+    mixup_granularity: str = field(default="rank", metadata={"help": "attention shape: rank (A = a @ c), element, row or matrix", "choices": ("rank", "element", "row", "matrix")})
+    mixup_rank: int = field(default=1, metadata={"help": "rank r of A = a @ c"})
+    mixup_form: str = field(default="convex", metadata={"help": "convex: A*W + (1-A)*W0; paper: (a@c)*W + ((1-a)@(1-c))*W0", "choices": ("convex", "paper")})
+    mixup_constraint: str = field(default="clamp", metadata={"help": "keep A in [0,1] by clamp (projection) or sigmoid", "choices": ("clamp", "sigmoid")})
+    split_ratio: float = field(default=0.8, metadata={"help": "fraction of the subsample in D1 (the rest is D2)"})
+    outer_lr: float = field(default=2e-3, metadata={"help": "upper-level (attention) learning rate"})
+    inner_clip: float = field(default=5.0, metadata={"help": "lower-level gradient clipping in phase 1"})
+    phase1_epochs: float | None = field(default=None, metadata={"help": "BLO epochs over D1 (default: --epochs)"})
+    phase2_epochs: float | None = field(default=None, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (default: --epochs; 0 skips phase 2)"})
+    phase2_lr: float | None = field(default=None, metadata={"help": "phase-2 learning rate (default: --lr)"})
+    folds: int = field(default=1, metadata={"help": "fold averaging: run phase 1 on this many random D1/D2 re-splits and average W and A"})
+    levels: int = field(default=2, metadata={"help": "2, or 3 to add a data-reweighting node above (DARTS only)"})
+    data_weight_lr: float = field(default=1e-2, metadata={"help": "learning rate of the per-example weights (--levels 3)"})
+
+
+@register
+class BloMixup(Method):
+    name = "blo-mixup"
+    options_class = BloMixupOptions
+    summary = "attention-guided weight mixup trained by bi-level optimization on Betty (the core method)"
+
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
+        self.validate()
+        self.mixup = None
+        self.stats = {}
+
+    def validate(self) -> None:
+        from ..config import check_positive
+        from ..hypergradients import hypergradient_config
+
+        o = self.options
+        if o.hypergradient not in HYPERGRADIENT_CHOICES:
+            from ..errors import unknown_choice
+
+            raise unknown_choice("hypergradient", o.hypergradient, HYPERGRADIENT_CHOICES)
+        # Builds (and so validates) the lower problem's Betty config: wrong options fail here, early.
+        hypergradient_config(o.hypergradient, iterations=o.hypergradient_iterations, alpha=o.hypergradient_alpha,
+                             radius=o.hypergradient_radius, unroll_steps=max(1, o.unroll_steps))
+        for name in ("unroll_steps", "mixup_rank", "outer_lr", "folds", "data_weight_lr"):
+            check_positive(name, getattr(o, name))
+        for name in ("phase1_epochs", "phase2_lr", "inner_clip"):
+            check_positive(name, getattr(o, name), allow_zero=name == "inner_clip")
+        check_positive("phase2_epochs", o.phase2_epochs, allow_zero=True)
+        if not 0 < o.split_ratio < 1:
+            raise UserError(f"--split-ratio must be strictly between 0 and 1; got {o.split_ratio}")
+        if o.levels not in (2, 3):
+            raise UserError(f"--levels must be 2 or 3; got {o.levels}")
+        if o.levels == 3 and o.hypergradient != "darts":
+            raise UserError("--levels 3 works with --hypergradient darts only (a Betty 0.2.1 problem with its own "
+                            "lower problems cannot use Neumann or CG); drop --levels 3 or use darts")
+
+    def model_kwargs(self):
+        from ..hypergradients import needs_double_backward
+
+        return {"eager_attention": needs_double_backward(self.options.hypergradient)}
+
+    def mixup_config(self):
+        from ..mixup import MixupConfig
+
+        o = self.options
+        return MixupConfig(granularity=o.mixup_granularity, rank=o.mixup_rank, form=o.mixup_form, constraint=o.mixup_constraint)
+
+    def prepare_model(self, model, ctx):
+        from ..mixup import attach_weight_mixup
+
+        self.mixup = attach_weight_mixup(model, self.mixup_config())
+        return model
+
+    def fit(self, model, ctx):
+        from ..data import split_two
+        from ..engine import BLOSettings, run_phase1
+        from ..training import train_loop
+
+        o, run = self.options, ctx.run
+        settings = BLOSettings(
+            hypergradient=o.hypergradient, hypergradient_iterations=o.hypergradient_iterations,
+            hypergradient_alpha=o.hypergradient_alpha, hypergradient_radius=o.hypergradient_radius,
+            unroll_steps=o.unroll_steps, epochs=o.phase1_epochs or run.epochs, lower_lr=ctx.lr,
+            lower_weight_decay=run.weight_decay, lower_warmup_ratio=run.warmup_ratio, lower_clip=o.inner_clip,
+            upper_lr=o.outer_lr, levels=o.levels, data_weight_lr=o.data_weight_lr)
+        model.to(ctx.device)
+        self.mixup.to(ctx.device)
+        start_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(self.mixup.state_dict())) if o.folds > 1 else None
+        fold_states = []
+        for fold in range(o.folds):
+            if fold > 0:
+                model.load_state_dict(start_state[0])
+                self.mixup.load_state_dict(start_state[1])
+            d1_raw, d2_raw = split_two(ctx.train_raw, o.split_ratio, run.seed + 1000 * fold, ctx.task)
+            d1, d2 = ctx.tokenize(d1_raw), ctx.tokenize(d2_raw)
+            desc = "phase 1 (BLO)" if o.folds == 1 else f"phase 1 (BLO), fold {fold + 1}/{o.folds}"
+            self.stats["phase1"] = run_phase1(
+                model, self.mixup, ctx.loader(d1, seed_offset=1 + fold), ctx.loader(d2, seed_offset=101 + fold),
+                settings, device=str(ctx.device), d1_ids=d1["idx"], desc=desc)
+            self.stats["phase1"].update(d1_size=len(d1), d2_size=len(d2))
+            if o.folds > 1:
+                fold_states.append((copy.deepcopy(model.state_dict()), copy.deepcopy(self.mixup.state_dict())))
+        if fold_states:
+            model.load_state_dict(average_states([s[0] for s in fold_states]))
+            self.mixup.load_state_dict(average_states([s[1] for s in fold_states]))
+        self.mixup.requires_grad_(False)  # phase 2: A fixed
+        phase2_epochs = run.epochs if o.phase2_epochs is None else o.phase2_epochs
+        if phase2_epochs > 0:
+            self.stats["phase2"] = train_loop(model, self, ctx, ctx.train, epochs=phase2_epochs,
+                                              lr=o.phase2_lr or ctx.lr, desc="phase 2 (A fixed)")
+        self.stats["attention"] = self.mixup.attention_stats()
+        self.save_attention(ctx)
+        return self.stats
+
+    def save_attention(self, ctx) -> None:
+        from ..report import attention_plot
+
+        torch.save(self.mixup.state_dict(), ctx.output_dir / "attention.pt")
+        attention_plot(self.mixup.attention_stats(), ctx.output_dir / "attention.png")
+
+    def finalize_model(self, model):
+        from ..mixup import merge_weight_mixup
+
+        return merge_weight_mixup(model)
+
+    def results(self):
+        return {"blo": self.stats}
+
+
+def average_states(states: list[dict]) -> dict:
+    """Elementwise mean of state dicts (floating tensors); other entries come from the first."""
+    averaged = {}
+    for key, value in states[0].items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            averaged[key] = torch.stack([s[key] for s in states]).mean(0)
+        else:
+            averaged[key] = value
+    return averaged

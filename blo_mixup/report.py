@@ -1,0 +1,139 @@
+"""Tables and plots from result files: results.csv (one row per run), summary.md, summary.png."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+from .runs import write_text_atomic
+
+CSV_FIELDS = ["task", "method", "seed", "train_size", "main_metric", "main_score", "train_time_s", "total_time_s"]
+
+
+def write_results_csv(results: list[dict], path: Path) -> None:
+    metric_names = sorted({m for r in results for m in r["metrics"]})
+    rows = [[r[f] for f in CSV_FIELDS] + [r["metrics"].get(m, "") for m in metric_names] for r in results]
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_FIELDS + metric_names)
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summary_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
+    """Markdown: main score x100 as mean +- std over seeds per task and method, plus the average over tasks.
+
+    The best mean per column is bold. The average column averages each seed's scores over the tasks
+    first, so its std is the spread of the per-seed averages (only seeds present for every task).
+    """
+    scores = {(r["task"], r["method"], r["seed"]): 100 * r["main_score"] for r in results}
+    metric_of = {r["task"]: r["main_metric"] for r in results}
+    cells: dict[tuple[str, str], tuple[float, float, int]] = {}
+    for method in methods:
+        for task in tasks:
+            values = [v for (t, m, _), v in scores.items() if t == task and m == method]
+            if values:
+                cells[task, method] = (*mean_std(values), len(values))
+        seeds = {s for (t, m, s) in scores if m == method}
+        per_seed = [statistics.fmean(scores[t, method, s] for t in tasks) for s in sorted(seeds)
+                    if all((t, method, s) in scores for t in tasks)]
+        if per_seed:
+            cells["average", method] = (*mean_std(per_seed), len(per_seed))
+    columns = tasks + ["average"]
+    best = {c: max((cells[c, m][0] for m in methods if (c, m) in cells), default=math.nan) for c in columns}
+    header = "| method | " + " | ".join(f"{t} ({metric_of.get(t, '')})" if t != "average" else "average" for t in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
+    for method in methods:
+        row = []
+        for c in columns:
+            if (c, method) not in cells:
+                row.append("-")
+                continue
+            mean, std, n = cells[c, method]
+            text = f"{mean:.2f} ± {std:.2f}"
+            row.append(f"**{text}**" if mean == best[c] else text)
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    seeds_seen = sorted({s for (_, _, s) in scores})
+    lines.append("")
+    lines.append(f"Main metric x100, mean ± sample std over seeds {', '.join(map(str, seeds_seen))}; best mean per column in bold.")
+    return "\n".join(lines) + "\n"
+
+
+def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path: Path) -> None:
+    """One panel per task: each method's scores over seeds (dots) and their mean (bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4, 1.0 + 0.6 * len(methods)) * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, method in enumerate(methods):
+            values = [100 * r["main_score"] for r in results if r["task"] == task and r["method"] == method]
+            if not values:
+                continue
+            ax.bar(i, statistics.fmean(values), color="#cfd8e3", width=0.7)
+            ax.scatter([i] * len(values), values, color="#1f4e79", s=14, zorder=3)
+        metric = next((r["main_metric"] for r in results if r["task"] == task), "")
+        ax.set_title(f"{task} ({metric})")
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=45, ha="right")
+        ax.set_ylabel("dev score x100")
+        values = [100 * r["main_score"] for r in results if r["task"] == task]
+        if values:
+            low, high = min(values), max(values)
+            pad = max(1.0, 0.15 * (high - low))
+            ax.set_ylim(low - pad, high + pad)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def attention_plot(stats: dict, path: Path) -> None:
+    """Mean learned attention A per layer, one line per kind of mixed matrix (query, key, ..., output).
+
+    `stats` maps module names to {"mean": ...} (WeightMixup.attention_stats()); modules outside the
+    numbered layers (the pooler) are drawn as points at the right.
+    """
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, dict[int, float]] = {}
+    others: dict[str, float] = {}
+    for name, values in stats.items():
+        if not isinstance(values, dict) or "mean" not in values:
+            continue
+        match = re.search(r"(?:layer|layers|h|block|blocks)\.(\d+)\.(.+)$", name)
+        if match:
+            lines.setdefault(match.group(2), {})[int(match.group(1))] = values["mean"]
+        else:
+            others[name] = values["mean"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for kind, by_layer in sorted(lines.items()):
+        layers = sorted(by_layer)
+        ax.plot(layers, [by_layer[i] for i in layers], marker="o", ms=3, label=kind)
+    right = max((max(v) for v in lines.values()), default=-1) + 1
+    for i, (name, value) in enumerate(sorted(others.items())):
+        ax.scatter([right + i], [value], marker="s", label=name)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean attention A (1 = task weights, 0 = pretrained)")
+    ax.set_title("learned mixup attention per layer")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

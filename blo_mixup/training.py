@@ -1,0 +1,167 @@
+"""The shared training loop, evaluation on the dev set, and what every method's training needs.
+
+Methods plug in through their hooks (methods/base.py); nothing here knows a method by name.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .errors import UserError
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight")
+
+
+@dataclass
+class RunContext:
+    """Everything a method needs to train: the options, the data and where to write."""
+
+    run: Any  # config.RunConfig
+    task: Any  # data.TaskSpec
+    tokenizer: Any
+    train_raw: Any  # datasets.Dataset: the low-resource subsample, untokenized
+    train: Any  # the same examples, tokenized
+    dev: Any  # the GLUE dev set, tokenized
+    device: torch.device
+    output_dir: Path
+    lr: float
+
+    def tokenize(self, dataset):
+        from .data import tokenize
+
+        return tokenize(dataset, self.tokenizer, self.task, self.run.max_length)
+
+    def loader(self, dataset, *, batch_size: int | None = None, shuffle: bool = True, seed_offset: int = 0):
+        """A DataLoader with dynamic padding whose shuffling depends only on the run's seed."""
+        from .data import collator
+
+        generator = torch.Generator().manual_seed(self.run.seed * 1000 + seed_offset)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.run.batch_size,
+            shuffle=shuffle,
+            collate_fn=collator(self.tokenizer),
+            generator=generator,
+        )
+
+
+def default_param_groups(named_parameters, weight_decay: float, lr: float) -> list[dict]:
+    """AdamW's usual grouping: no weight decay on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        (no_decay if any(key in name for key in NO_DECAY) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    return [g for g in groups if g["params"]]
+
+
+def linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+
+
+def steps_for(num_examples: int, batch_size: int, epochs: float) -> int:
+    """Optimizer steps of `epochs` passes over `num_examples` (a fractional epoch rounds up)."""
+    return max(1, math.ceil(math.ceil(num_examples / batch_size) * epochs))
+
+
+def to_device(batch: dict, device) -> dict:
+    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+
+
+def model_inputs(batch: dict) -> dict:
+    """The batch without the example ids, which the model does not take."""
+    return {key: value for key, value in batch.items() if key != "idx"}
+
+
+def model_loss(model, batch: dict):
+    """Cross-entropy, or MSE for regression (the model's config.problem_type decides)."""
+    return model(**model_inputs(batch)).loss
+
+
+def check_finite(loss, step: int, where: str = "training") -> None:
+    if not torch.isfinite(loss).all():
+        raise UserError(
+            f"the {where} loss became {loss.item()} at step {step}; lower --lr (or --outer-lr), "
+            "or check the data for empty or extreme examples"
+        )
+
+
+def iterate_batches(loader, total_steps: int):
+    """Yield (step, batch) for exactly total_steps batches, re-iterating the loader per epoch."""
+    step = 0
+    while step < total_steps:
+        for batch in loader:
+            step += 1
+            yield step, batch
+            if step == total_steps:
+                return
+
+
+def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr: float, max_grad_norm: float | None = None,
+               desc: str = "train") -> dict[str, Any]:
+    """Fine-tune `model` on `train_data` with AdamW and a linear warmup schedule, through `method`'s hooks."""
+    max_grad_norm = ctx.run.max_grad_norm if max_grad_norm is None else max_grad_norm
+    loader = ctx.loader(train_data)
+    total_steps = steps_for(len(train_data), ctx.run.batch_size, epochs)
+    optimizer = torch.optim.AdamW(method.param_groups(model, ctx, lr), lr=lr)
+    scheduler = linear_schedule(optimizer, total_steps, ctx.run.warmup_ratio)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    model.to(ctx.device).train()
+    losses = []
+    start = time.perf_counter()
+    progress = tqdm(total=total_steps, desc=desc, unit="step", leave=False)
+    for step, batch in iterate_batches(loader, total_steps):
+        batch = to_device(batch, ctx.device)
+        loss = method.loss(model, batch, ctx)
+        check_finite(loss, step)
+        loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        method.before_optimizer_step(model, step, ctx)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(model, step, ctx)
+        losses.append(loss.item())
+        progress.update(1)
+        progress.set_postfix(loss=f"{losses[-1]:.4f}")
+    progress.close()
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"steps": total_steps, "train_time_s": time.perf_counter() - start, "final_train_loss": sum(tail) / len(tail)}
+
+
+@torch.no_grad()
+def predict(model, ctx: RunContext, dataset) -> tuple[list, list]:
+    """Predictions (class indices, or scores for regression) and references on `dataset`."""
+    was_training = model.training
+    model.to(ctx.device).eval()
+    predictions, references = [], []
+    for batch in ctx.loader(dataset, batch_size=ctx.run.eval_batch_size, shuffle=False):
+        batch = to_device(batch, ctx.device)
+        logits = model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}).logits
+        if ctx.task.is_regression:
+            predictions.extend(logits.squeeze(-1).float().cpu().tolist())
+        else:
+            predictions.extend(logits.argmax(-1).cpu().tolist())
+        references.extend(batch["labels"].cpu().tolist())
+    model.train(was_training)
+    return predictions, references
+
+
+def evaluate(model, ctx: RunContext, dataset=None) -> dict[str, float]:
+    """GLUE metrics of `model` on the dev set (or `dataset`)."""
+    from .metrics import compute_metrics
+
+    predictions, references = predict(model, ctx, ctx.dev if dataset is None else dataset)
+    return compute_metrics(ctx.task, predictions, references)
