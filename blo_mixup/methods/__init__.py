@@ -1,9 +1,16 @@
 """Fine-tuning methods behind one interface (base.Method) and one registry (METHODS).
 
-Importing this package imports every method module, each of which registers itself.
+Importing this package imports every module in it; each method module registers its class with
+@register, so adding a method is adding a file.
 """
 
+import importlib
+import pkgutil
+
 from .base import METHODS, Method, NoOptions, get_method, register
-from . import blo, vanilla  # noqa: E402,F401
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "Method", "NoOptions", "get_method", "register"]

@@ -1,0 +1,138 @@
+"""Assembles the Betty Engine for bi-level (or three-level) mixup fine-tuning and runs both phases.
+
+Phase 1: BLO over D1/D2. The lower problem (TaskWeights) takes `unroll_steps` steps on D1, then the
+upper problem (MixupAttention) takes one step on D2 with the hypergradient method configured on the
+LOWER problem's Config (Betty reads it there). Phase 2: A fixed, W fine-tuned on the whole subsample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from betty.configs import Config, EngineConfig
+from betty.engine import Engine
+from tqdm.auto import tqdm
+
+from .hypergradients import hypergradient_config
+from .training import default_param_groups
+from .problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
+
+
+@dataclass
+class BLOSettings:
+    """Phase-1 settings (methods.md section 1 defaults: the paper's)."""
+
+    hypergradient: str = "darts"
+    hypergradient_iterations: int | None = None
+    hypergradient_alpha: float | None = None
+    hypergradient_radius: float | None = None
+    unroll_steps: int = 1
+    epochs: float = 3.0
+    lower_lr: float = 2e-5
+    lower_weight_decay: float = 0.01
+    lower_warmup_ratio: float = 0.1
+    lower_clip: float = 5.0
+    upper_lr: float = 2e-3
+    upper_warmup_ratio: float = 0.1
+    levels: int = 2
+    data_weight_lr: float = 1e-2
+    extra: dict = field(default_factory=dict)
+
+
+def quiet_betty() -> None:
+    """Betty logs every problem's set-up at INFO on stdout; keep the CLI's output readable."""
+    from betty.logging.logger_base import get_logger
+
+    get_logger().setLevel(logging.WARNING)
+
+
+def adam(params, lr: float, weight_decay: float):
+    """AdamW that survives Betty's optimizer rebuild (torch's AdamW does not: betty-notes item 5)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=True)
+
+
+def upper_config(**kwargs) -> Config:
+    """Config for a problem whose loss uses its own parameters directly (betty-notes items 2, 3)."""
+    return Config(retain_graph=True, first_order=True, **kwargs)
+
+
+class ProgressEngine(Engine):
+    """Betty's Engine with a progress bar over lower steps."""
+
+    progress = None
+
+    def train_step(self):
+        super().train_step()
+        if self.progress is not None:
+            self.progress.update(1)
+
+
+def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, device: str, train_iters: int,
+                 d1_ids=None) -> ProgressEngine:
+    """The Betty graph: u2l {attention: [weights]}, l2u {weights: [attention]} (plus a data-weight node)."""
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    quiet_betty()
+    upper_steps = max(1, train_iters // settings.unroll_steps)
+    # Built on the same groups TaskWeights.param_groups() hands Betty, so the scheduler's per-group
+    # lambdas survive Betty's rebuild of optimizer and scheduler.
+    lower_groups = default_param_groups(model.named_parameters(), settings.lower_weight_decay, settings.lower_lr)
+    lower_optimizer = adam(lower_groups, settings.lower_lr, settings.lower_weight_decay)
+    lower_scheduler = get_linear_schedule_with_warmup(
+        lower_optimizer, int(settings.lower_warmup_ratio * train_iters), train_iters)
+    lower_config = hypergradient_config(
+        settings.hypergradient, iterations=settings.hypergradient_iterations, alpha=settings.hypergradient_alpha,
+        radius=settings.hypergradient_radius, unroll_steps=settings.unroll_steps, gradient_clipping=settings.lower_clip)
+    upper_optimizer = adam(mixup.parameters(), settings.upper_lr, 0.0)
+    upper_scheduler = get_cosine_schedule_with_warmup(
+        upper_optimizer, int(settings.upper_warmup_ratio * upper_steps), upper_steps)
+
+    three_levels = settings.levels == 3
+    weights = TaskWeights("weights", lower_config, model, lower_optimizer, lower_scheduler, d1_loader,
+                          weight_decay=settings.lower_weight_decay, lr=settings.lower_lr,
+                          example_weights="data" if three_levels else None)
+    # In three levels the attention is also a lower problem (of the data weights): its Config then
+    # carries the hypergradient used through it, DARTS (the only one Betty allows there).
+    attention_config = (hypergradient_config("darts", retain_graph=True, first_order=True) if three_levels
+                        else upper_config())
+    attention = MixupAttention("attention", attention_config, mixup, upper_optimizer, upper_scheduler, d2_loader)
+    problems = [weights, attention]
+    u2l = {attention: [weights]}
+    l2u = {weights: [attention]}
+    if three_levels:
+        example_weights = ExampleWeights(len(d1_ids))
+        example_weights.set_ids(d1_ids)
+        data_optimizer = adam(example_weights.parameters(), settings.data_weight_lr, 0.0)
+        data = DataWeighting("data", upper_config(), example_weights, data_optimizer, None, d2_loader, model=model)
+        problems.append(data)
+        # The shape that works in Betty 0.2.1 (betty-notes item 9): the top node's parameters are
+        # consumed by the bottom problem, with an l2u chain back up bottom -> middle -> top.
+        u2l[data] = [weights]
+        l2u[attention] = [data]
+    engine = ProgressEngine(
+        problems=problems,
+        config=EngineConfig(train_iters=train_iters, strategy="gpu" if device.startswith("cuda") else "cpu", logger_type="none"),
+        dependencies={"u2l": u2l, "l2u": l2u},
+    )
+    return engine
+
+
+def run_phase1(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, device: str, d1_ids=None,
+               desc: str = "phase 1 (BLO)") -> dict:
+    """Bi-level optimization for settings.epochs passes over D1; returns step counts."""
+    train_iters = max(1, math.ceil(len(d1_loader) * settings.epochs))
+    engine = build_engine(model, mixup, d1_loader, d2_loader, settings, device=device, train_iters=train_iters, d1_ids=d1_ids)
+    engine.progress = tqdm(total=train_iters, desc=desc, unit="step", leave=False)
+    try:
+        engine.run()
+    finally:
+        engine.progress.close()
+    stats = {"lower_steps": train_iters, "upper_steps": train_iters // settings.unroll_steps}
+    if settings.levels == 3:
+        weights = engine.data.module
+        stats["example_weights"] = {"mean": float(torch.nn.functional.softplus(weights.raw).mean()),
+                                    "std": float(torch.nn.functional.softplus(weights.raw).std())}
+    return stats

@@ -1,0 +1,65 @@
+"""GLUE metrics for evaluation: the package's own `evaluate` module, loaded by path.
+
+`evaluate.load("glue", task)` needs the hub; blo_mixup/glue_metric/glue_metric.py gives the same
+keys ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr") offline, computed with
+scikit-learn and scipy. Undefined correlations (constant predictions, as from a model that always
+predicts one class) are 0.0, not NaN; see that module's docstring.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from blo_mixup.data import TaskSpec, get_task
+
+METRIC_MODULE_PATH = Path(__file__).resolve().parent / "glue_metric"
+
+_loaded: dict[str, object] = {}  # one module per task for compute_metrics; loading costs ~10 ms each
+
+
+def load_metric(task: TaskSpec | str):
+    """A fresh `evaluate.EvaluationModule` for the task (config_name = the task's name).
+
+    keep_in_memory avoids cache files and locks, and a random experiment_id keeps parallel runs
+    apart should anything still touch the cache.
+    """
+    import evaluate  # imported here: `import evaluate` pulls in transformers (seconds)
+
+    task = get_task(task)
+    return evaluate.load(str(METRIC_MODULE_PATH), config_name=task.name, keep_in_memory=True,
+                         experiment_id=uuid.uuid4().hex)
+
+
+def _as_predictions(task: TaskSpec, predictions) -> np.ndarray:
+    """Class indices from indices or 2-D logits; a flat float array of scores for regression."""
+    values = np.asarray(predictions)
+    if task.is_regression:
+        return values.reshape(-1).astype(np.float32)  # (n,) or (n, 1)
+    if values.ndim == 2:
+        values = values.argmax(axis=-1)
+    return values.astype(np.int64)
+
+
+def compute_metrics(task: TaskSpec | str, predictions, references) -> dict[str, float]:
+    """Every metric of task.metrics as a plain float, e.g. {"accuracy": 0.71, "f1": 0.80} for MRPC.
+
+    predictions: class indices or logits of shape (n, num_labels) (argmax is taken); for
+    regression, scores of shape (n,) or (n, 1). references: gold indices or scores.
+    """
+    task = get_task(task)
+    if task.name not in _loaded:
+        _loaded[task.name] = load_metric(task)
+    references = np.asarray(references, dtype=np.float32 if task.is_regression else np.int64)
+    result = _loaded[task.name].compute(predictions=_as_predictions(task, predictions), references=references)
+    return {name: float(result[name]) for name in task.metrics}
+
+
+def main_metric_value(task: TaskSpec | str, metrics: dict) -> float:
+    """The value a run is judged by (task.main_metric), e.g. F1 for MRPC."""
+    task = get_task(task)
+    if task.main_metric not in metrics:
+        raise KeyError(f"metrics {sorted(metrics)} lack {task.main_metric}, the main metric of {task.name}")
+    return float(metrics[task.main_metric])

@@ -1,0 +1,130 @@
+"""The Betty Problem nodes of the bi-level (and three-level) mixup fine-tuning.
+
+- TaskWeights (lower): the task weights W of a mixed model, trained on D1.
+- MixupAttention (upper): the attention A of a WeightMixup, trained on D2 through the hypergradient.
+- ExampleWeights (optional third node): one weight per D1 example, scaling TaskWeights' loss.
+
+Each is an ordinary betty ImplicitProblem: put them in an Engine of your own, or let
+blo_mixup.engine assemble the graph. Problems reach each other by name (Betty sets them as
+attributes), so TaskWeights finds an ExampleWeights node by the name given in `example_weights`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from betty.hypergradient import jvp_fn_mapping
+from betty.problems import ImplicitProblem
+from betty.utils import replace_none_with_zero
+
+from .training import default_param_groups, model_inputs
+
+
+def per_example_loss(model, batch: dict) -> torch.Tensor:
+    """Cross-entropy per example, or squared error for regression (a model with one output)."""
+    logits = model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}).logits
+    labels = batch["labels"]
+    if logits.shape[-1] == 1 and labels.is_floating_point():
+        return (logits.squeeze(-1) - labels.to(logits.dtype)).pow(2)
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+class TaskWeights(ImplicitProblem):
+    """Lower level: W*(A) = argmin_W L(D1; A*W + (1-A)*W0). The module is the mixed model.
+
+    weight_decay: AdamW decay on matrices (not on biases and LayerNorms); the groups are handed to
+    Betty through param_groups(), which Betty otherwise drops when it rebuilds the optimizer.
+    example_weights: name of a problem whose module maps example ids to loss weights (three levels).
+    """
+
+    def __init__(self, name, config, module, optimizer, scheduler=None, train_data_loader=None, *,
+                 weight_decay: float = 0.01, lr: float | None = None, example_weights: str | None = None):
+        super().__init__(name, config, module, optimizer, scheduler, train_data_loader)
+        self.weight_decay = weight_decay
+        self.lr = lr if lr is not None else optimizer.defaults["lr"]
+        self.example_weights = example_weights
+
+    def training_step(self, batch):
+        losses = per_example_loss(self.module, batch)
+        if self.example_weights is None:
+            return losses.mean()
+        weights = getattr(self, self.example_weights).module(batch["idx"])
+        return (weights * losses).sum() / weights.sum().clamp_min(1e-12)
+
+    def trainable_parameters(self):
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def param_groups(self):
+        return default_param_groups(self.module.named_parameters(), self.weight_decay, self.lr)
+
+
+class SingleBackwardUpper(ImplicitProblem):
+    """An upper problem whose direct gradient and hypergradient vector come from ONE backward pass.
+
+    Betty differentiates the upper loss twice: once for its own parameters (dL/dA), then again, in
+    get_grads, for the lower parameters (dL/dW, the vector the hypergradient method multiplies). Both
+    come from the same graph, so one autograd call gives both, saves a full backward pass per upper
+    step, and frees the graph at once (no retained graph alive during the hypergradient's passes).
+    The chain over the path is Betty's own (jvp_fn_mapping by each problem's config.type). Cases this
+    does not cover (several paths, distributed strategies, gradient accumulation) use Betty's code.
+    """
+
+    def backward(self, loss, params, paths, create_graph=False, retain_graph=True, allow_unused=True):
+        simple = (len(paths) == 1 and not create_graph and self._config.first_order
+                  and self._strategy in ("default", "cpu", "gpu") and self.gradient_accumulation_boundary())
+        if not simple:
+            return super().backward(loss, params, paths, create_graph, retain_graph, allow_unused)
+        path = paths[0]
+        lower_params = path[1].meta_trainable_parameters()
+        grads = torch.autograd.grad(loss, [*params, *lower_params], allow_unused=True)
+        self.set_grads(params, grads[: len(params)])
+        vector = replace_none_with_zero(grads[len(params):], lower_params)
+        for i in range(1, len(path) - 1):
+            vector = jvp_fn_mapping[path[i].config.type](vector, path[i], path[i + 1], False)
+        self.set_grads(params, vector)
+
+
+class MixupAttention(SingleBackwardUpper):
+    """Upper level: min_A L(D2; W_eff(W*(A), A)). The module is the WeightMixup (attention only).
+
+    Its loss uses A directly as well as through W*(A). With Betty's own backward that needs
+    Config(retain_graph=True, first_order=True) (betty-notes.md items 2 and 3); the single-backward
+    path needs first_order=True only. blo_mixup.engine.upper_config() gives both.
+    The constraint (A in [0, 1]) is enforced after every update.
+    """
+
+    def training_step(self, batch):
+        return per_example_loss(self.module.model, batch).mean()
+
+    def param_callback(self):
+        self.module.project_()
+
+
+class ExampleWeights(torch.nn.Module):
+    """One non-negative weight per training example id (softplus of a free parameter, 1 at start)."""
+
+    def __init__(self, num_examples: int):
+        super().__init__()
+        # softplus(x) = 1 at x = log(e - 1)
+        self.raw = torch.nn.Parameter(torch.full((num_examples,), float(torch.log(torch.expm1(torch.tensor(1.0))))))
+        self.register_buffer("position", torch.empty(0, dtype=torch.long), persistent=False)
+        self.id_to_position: dict[int, int] = {}
+
+    def set_ids(self, ids) -> None:
+        """Map dataset example ids (the 'idx' column) to rows of `raw`."""
+        self.id_to_position = {int(i): n for n, i in enumerate(ids)}
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = torch.tensor([self.id_to_position[int(i)] for i in ids.tolist()], device=self.raw.device)
+        return F.softplus(self.raw[rows])
+
+
+class DataWeighting(SingleBackwardUpper):
+    """Top level of the three-level setup: learns ExampleWeights so that the mixed model does well on D2."""
+
+    def __init__(self, name, config, module, optimizer, scheduler=None, train_data_loader=None, *, model=None):
+        super().__init__(name, config, module, optimizer, scheduler, train_data_loader)
+        self.model = model
+
+    def training_step(self, batch):
+        return per_example_loss(self.model, batch).mean()
