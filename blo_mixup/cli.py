@@ -69,9 +69,11 @@ def build_parser() -> Parser:
 
     sub.add_parser("methods", help="list the fine-tuning methods and their options")
 
+    from .bench import add_bench_parser
     from .compare import add_compare_parser
 
     add_compare_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
@@ -130,9 +132,10 @@ def cmd_methods(args) -> int:
 def main(argv=None) -> int:
     commands = {"finetune": cmd_finetune, "export": cmd_export, "methods": cmd_methods}
     try:
+        from .bench import cmd_bench
         from .compare import cmd_compare
 
-        commands["compare"] = cmd_compare
+        commands.update(compare=cmd_compare, bench=cmd_bench)
         args = build_parser().parse_args(argv)
         return commands[args.command](args)
     except UserError as e:

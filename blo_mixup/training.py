@@ -108,32 +108,50 @@ def iterate_batches(loader, total_steps: int):
                 return
 
 
+@dataclass
+class Optimization:
+    """An optimizer over a method's parameter groups, its linear warmup schedule, and clipping."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list
+    max_grad_norm: float
+
+    @classmethod
+    def build(cls, model, method, ctx: RunContext, *, lr: float, total_steps: int, max_grad_norm: float):
+        optimizer = torch.optim.AdamW(method.param_groups(model, ctx, lr), lr=lr)
+        scheduler = linear_schedule(optimizer, total_steps, ctx.run.warmup_ratio)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        return cls(optimizer, scheduler, params, max_grad_norm)
+
+
+def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: Optimization) -> float:
+    """One optimizer step through the method's hooks; returns the loss."""
+    loss = method.loss(model, batch, ctx)
+    check_finite(loss, step)
+    loss.backward()
+    if opt.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(opt.params, opt.max_grad_norm)
+    method.before_optimizer_step(model, step, ctx)
+    opt.optimizer.step()
+    opt.scheduler.step()
+    opt.optimizer.zero_grad(set_to_none=True)
+    method.after_optimizer_step(model, step, ctx)
+    return loss.item()
+
+
 def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr: float, max_grad_norm: float | None = None,
                desc: str = "train") -> dict[str, Any]:
     """Fine-tune `model` on `train_data` with AdamW and a linear warmup schedule, through `method`'s hooks."""
-    max_grad_norm = ctx.run.max_grad_norm if max_grad_norm is None else max_grad_norm
-    loader = ctx.loader(train_data)
     total_steps = steps_for(len(train_data), ctx.run.batch_size, epochs)
-    optimizer = torch.optim.AdamW(method.param_groups(model, ctx, lr), lr=lr)
-    scheduler = linear_schedule(optimizer, total_steps, ctx.run.warmup_ratio)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    opt = Optimization.build(model, method, ctx, lr=lr, total_steps=total_steps,
+                             max_grad_norm=ctx.run.max_grad_norm if max_grad_norm is None else max_grad_norm)
     model.to(ctx.device).train()
     losses = []
     start = time.perf_counter()
     progress = tqdm(total=total_steps, desc=desc, unit="step", leave=False)
-    for step, batch in iterate_batches(loader, total_steps):
-        batch = to_device(batch, ctx.device)
-        loss = method.loss(model, batch, ctx)
-        check_finite(loss, step)
-        loss.backward()
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        method.before_optimizer_step(model, step, ctx)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        method.after_optimizer_step(model, step, ctx)
-        losses.append(loss.item())
+    for step, batch in iterate_batches(ctx.loader(train_data), total_steps):
+        losses.append(training_step(model, method, ctx, to_device(batch, ctx.device), step, opt))
         progress.update(1)
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
     progress.close()

@@ -1,0 +1,336 @@
+"""`blo-mixup bench`: per-step time and peak memory of each method against plain fine-tuning, one run.
+
+Every case runs on the same synthetic batches (random tokens, batch x max_length, full length) in the
+same process, after warm-up; times are medians over --steps. Cases:
+
+- vanilla:          one plain step (forward, backward, clipping, AdamW step).
+- mixup-step:       the same step on the mixed model with A fixed (a phase-2 step of blo-mixup).
+- blo-<hg>-u<U>:    one BLO iteration of blo-mixup: U lower steps on D1 and one upper step on D2 with
+                    hypergradient <hg>, through the real Betty engine (engine.build_engine).
+- <method>:         one step of any other method that trains with the shared loop (its own hooks).
+
+Memory. CUDA: torch.cuda peak allocated during the step, plus nothing else (it already counts
+everything resident). CPU: tensors only, as "resident + step peak": resident = bytes of the distinct
+parameters, buffers (W0), gradients and optimizer states held between steps; step peak = the highest
+running total of tensor allocations during one step, from torch.profiler's memory events. Python objects,
+libraries and allocator caching are not counted: this compares what the methods ask of the allocator.
+
+Whole run: the wall time of a run of --train-size examples for --epochs, estimated from the step times:
+vanilla = steps(n) x vanilla step; blo-mixup = (lower steps over D1 / U) x BLO iteration + steps(n) x
+mixup step (phase 2). The 80/20 split and the paper's phase 2 (same epochs) are assumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import UserError
+
+MIB = 2**20
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    model: str = "minilm"
+    batch_size: int = 16
+    max_length: int = 128
+    methods: str = "vanilla,blo-mixup"
+    hypergradients: str = "darts"
+    unroll_steps: str = "1,5"
+    steps: int = 5
+    warmup: int = 2
+    train_size: int = 300
+    epochs: float = 3.0
+    split_ratio: float = 0.8
+    threads: int | None = None
+    memory: bool = True
+    device: str | None = None
+    json: str | None = None
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def synthetic_batches(vocab_size: int, options: BenchOptions, count: int, seed: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (options.batch_size, options.max_length)
+    return [{
+        "input_ids": torch.randint(1000, vocab_size, shape, generator=generator),
+        "attention_mask": torch.ones(shape, dtype=torch.long),
+        "labels": torch.randint(0, 2, (options.batch_size,), generator=generator),
+        "idx": torch.arange(i * options.batch_size, (i + 1) * options.batch_size),
+    } for i in range(count)]
+
+
+def to_device(batches, device):
+    return [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None or not torch.is_tensor(t):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.device.type)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def resident_tensors(*modules, optimizers=()) -> list:
+    tensors = []
+    for module in modules:
+        tensors += list(module.parameters()) + list(module.buffers()) + [p.grad for p in module.parameters()]
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            tensors += [v for v in state.values() if torch.is_tensor(v)]
+    return tensors
+
+
+def step_peak_bytes(step: Callable[[], None], device) -> int:
+    """Peak bytes allocated during one call of `step` above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    running = peak = 0
+    for event in events:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def median_time(step: Callable[[], None], warmup: int, steps: int, device) -> float:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class Case:
+    """A measured case: a closure for one step (or iteration) and the tensors it keeps between steps."""
+
+    def __init__(self, name: str, step: Callable[[], None], resident: Callable[[], list], *, lower_steps: int = 1,
+                 note: str = ""):
+        self.name, self.step, self.resident, self.lower_steps, self.note = name, step, resident, lower_steps, note
+
+
+def _load(options: BenchOptions, eager: bool, device):
+    from .data import get_task
+    from .models import load_model_and_tokenizer
+
+    torch.manual_seed(0)  # the same head everywhere
+    model, tokenizer = load_model_and_tokenizer(options.model, get_task("rte"), eager_attention=eager)
+    return model.to(device).train(), tokenizer
+
+
+def _context(options, tokenizer, device):
+    from .config import RunConfig
+    from .data import get_task
+    from .training import RunContext
+
+    run = RunConfig(task="rte", batch_size=options.batch_size, max_length=options.max_length)
+    return RunContext(run=run, task=get_task("rte"), tokenizer=tokenizer, train_raw=None, train=None, dev=None,
+                      device=device, output_dir=Path("."), lr=1e-4)
+
+
+def shared_loop_case(name: str, method, options, batches, device, eager: bool = False) -> Case:
+    """One step of the shared training loop (training.training_step) with `method`'s hooks."""
+    from .training import Optimization, training_step
+
+    model, tokenizer = _load(options, eager, device)
+    ctx = _context(options, tokenizer, device)
+    model = method.prepare_model(model, ctx)
+    model.to(device).train()
+    opt = Optimization.build(model, method, ctx, lr=1e-5, total_steps=10**6, max_grad_norm=1.0)
+    counter = iter(range(1, 10**9))
+
+    def step():
+        i = next(counter)
+        training_step(model, method, ctx, batches[i % len(batches)], i, opt)
+
+    extra = [getattr(method, "mixup", None)] if getattr(method, "mixup", None) is not None else []
+    return Case(name, step, lambda: resident_tensors(model, *extra, optimizers=[opt.optimizer]))
+
+
+def blo_case(hypergradient: str, unroll: int, options, batches_d1, batches_d2, device) -> Case:
+    from .engine import BLOSettings, build_engine
+    from .hypergradients import needs_double_backward
+    from .mixup import MixupConfig, attach_weight_mixup
+
+    model, _ = _load(options, needs_double_backward(hypergradient), device)
+    mixup = attach_weight_mixup(model, MixupConfig())
+    settings = BLOSettings(hypergradient=hypergradient, unroll_steps=unroll, lower_lr=1e-5)
+    engine = build_engine(model, mixup, batches_d1, batches_d2, settings, device=str(device), train_iters=10**6)
+    engine.train()
+
+    def iteration():
+        for _ in range(unroll):
+            engine.train_step()
+
+    return Case(f"blo-{hypergradient}-u{unroll}", iteration,
+                lambda: resident_tensors(model, mixup, optimizers=[engine.weights.optimizer, engine.attention.optimizer]),
+                lower_steps=unroll, note=f"{unroll} lower + 1 upper step")
+
+
+def build_cases(options: BenchOptions, device) -> list[Case]:
+    from .methods import get_method
+
+    methods = _csv(options.methods)
+    for name in methods:
+        get_method(name)
+    from transformers import AutoConfig
+
+    from .models import resolve_model_path
+
+    vocab = AutoConfig.from_pretrained(resolve_model_path(options.model)).vocab_size
+    batches = to_device(synthetic_batches(vocab, options, 4, seed=0), device)
+    d2 = to_device(synthetic_batches(vocab, options, 2, seed=1), device)
+    cases = [shared_loop_case("vanilla", get_method("vanilla")(), options, batches, device)]
+    for name in methods:
+        if name == "vanilla":
+            continue
+        cls = get_method(name)
+        if name == "blo-mixup":
+            blo = cls()
+            blo.options.phase2_epochs = 1
+            cases.append(_mixup_step_case(options, batches, device))
+            for hypergradient in _csv(options.hypergradients):
+                for unroll in (int(u) for u in _csv(options.unroll_steps)):
+                    cases.append(blo_case(hypergradient, unroll, options, batches, d2, device))
+        elif cls.fit is not get_method("vanilla").fit:
+            print(f"{name}: not timed per step (its training is not the shared loop; time whole runs with compare)")
+        else:
+            cases.append(shared_loop_case(name, cls(), options, batches, device))
+    return cases
+
+
+def _mixup_step_case(options, batches, device) -> Case:
+    """A phase-2 step: the mixed model with A fixed, trained like plain fine-tuning."""
+    from .methods import get_method
+    from .mixup import MixupConfig, attach_weight_mixup
+
+    vanilla = get_method("vanilla")()
+
+    class MixedFixed(type(vanilla)):
+        def prepare_model(self, model, ctx):
+            self.mixup = attach_weight_mixup(model, MixupConfig())
+            self.mixup.requires_grad_(False)
+            return model
+
+    return shared_loop_case("mixup-step", MixedFixed(), options, batches, device)
+
+
+def run_bench(options: BenchOptions) -> dict[str, Any]:
+    from .finetune import pick_device
+    from .training import steps_for
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    for name in ("batch_size", "max_length", "steps", "train_size"):
+        if getattr(options, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive; got {getattr(options, name)}")
+    device = pick_device(options.device)
+    cases = build_cases(options, device)
+    rows = []
+    for case in cases:
+        seconds = median_time(case.step, options.warmup, options.steps, device)
+        row = {"case": case.name, "note": case.note, "step_s": seconds, "lower_steps": case.lower_steps}
+        if options.memory:
+            peak = step_peak_bytes(case.step, device)
+            resident = tensor_bytes(case.resident())
+            row.update(resident_mib=resident / MIB, step_peak_mib=peak / MIB, peak_mib=(resident + peak) / MIB)
+        rows.append(row)
+        print(f"  {case.name}: {seconds * 1000:.0f} ms" + (f", peak {row['peak_mib']:.0f} MiB" if options.memory else ""), flush=True)
+    base = rows[0]
+    for row in rows:
+        row["time_ratio"] = row["step_s"] / base["step_s"]
+        if options.memory:
+            row["memory_ratio"] = row["peak_mib"] / base["peak_mib"]
+    whole = whole_run_ratios(rows, options, steps_for)
+    return {"options": dataclasses.asdict(options), "device": str(device), "threads": torch.get_num_threads(),
+            "cases": rows, "whole_run": whole}
+
+
+def whole_run_ratios(rows, options: BenchOptions, steps_for) -> dict[str, Any]:
+    by_name = {r["case"]: r for r in rows}
+    plain_steps = steps_for(options.train_size, options.batch_size, options.epochs)
+    vanilla_s = plain_steps * by_name["vanilla"]["step_s"]
+    result = {"train_size": options.train_size, "epochs": options.epochs, "vanilla_s": vanilla_s}
+    d1 = math.floor(options.split_ratio * options.train_size + 0.5)
+    lower_steps = steps_for(d1, options.batch_size, options.epochs)
+    for row in rows:
+        if row["case"].startswith("blo-") and "mixup-step" in by_name:
+            unroll = row["lower_steps"]
+            seconds = lower_steps / unroll * row["step_s"] + plain_steps * by_name["mixup-step"]["step_s"]
+            result[row["case"]] = {"seconds": seconds, "ratio": seconds / vanilla_s}
+    return result
+
+
+def format_report(report: dict) -> str:
+    o = report["options"]
+    lines = [f"blo-mixup bench: {o['model']}, batch {o['batch_size']} x {o['max_length']}, {report['device']}, "
+             f"{report['threads']} threads, median of {o['steps']} after {o['warmup']} warm-up", ""]
+    memory = o["memory"]
+    header = "| case | per step (ms) | x vanilla |" + (" peak MiB (resident + step) | x vanilla |" if memory else "")
+    lines += [header, "|---|---|---|" + ("---|---|" if memory else "")]
+    for row in report["cases"]:
+        name = row["case"] + (f" ({row['note']})" if row["note"] else "")
+        line = f"| {name} | {row['step_s'] * 1000:.0f} | {row['time_ratio']:.2f} |"
+        if memory:
+            line += f" {row['peak_mib']:.0f} ({row['resident_mib']:.0f} + {row['step_peak_mib']:.0f}) | {row['memory_ratio']:.2f} |"
+        lines.append(line)
+    whole = report["whole_run"]
+    runs = [(k, v) for k, v in whole.items() if isinstance(v, dict)]
+    if runs:
+        lines += ["", f"Whole run, {whole['train_size']} examples x {whole['epochs']:g} epochs (estimated from the step times): "
+                  f"vanilla {whole['vanilla_s']:.0f} s; " + "; ".join(f"{k} {v['seconds']:.0f} s = {v['ratio']:.2f}x" for k, v in runs)]
+    return "\n".join(lines)
+
+
+def cmd_bench(args) -> int:
+    values = {k: v for k, v in vars(args).items() if k != "command"}
+    options = BenchOptions(**values)
+    report = run_bench(options)
+    print(format_report(report))
+    if options.json:
+        from .runs import write_json_atomic
+
+        write_json_atomic(options.json, report)
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    from .cli import add_dataclass_flags
+
+    parser = sub.add_parser("bench", help="per-step time and peak memory of methods vs plain fine-tuning")
+    add_dataclass_flags(parser, BenchOptions)
