@@ -70,9 +70,27 @@ class ProgressEngine(Engine):
             self.progress.update(1)
 
 
+def three_level_dependencies(bottom, middle, top) -> tuple[dict, dict]:
+    """(u2l, l2u) of the three-level graph: bottom = task weights W (loss weighted by the top's
+    parameters), middle = attention A, top = example weights (its loss: the mixed model on D2).
+
+        u2l  {middle: [bottom], top: [bottom]}      both upper nodes' parameters enter the bottom's loss
+        l2u  {bottom: [middle, top], middle: [top]}
+
+    Betty's find_paths then gives the middle [middle, bottom, middle] (the usual bi-level path) and
+    the top two paths, the two terms of the chain rule for d(top loss)/d(example weights):
+        [top, bottom, top]          dL/dW . dW*/dlambda               (lambda moves W, W moves the loss)
+        [top, middle, bottom, top]  dL/dA . dA*/dW . dW*/dlambda      (... and W moves A's update)
+    Without the l2u edge bottom -> top the top gets the second path only, and the first, main, term is
+    lost (docs/three-levels.md). The bottom steps first, then the middle, then the top.
+    """
+    return {middle: [bottom], top: [bottom]}, {bottom: [middle, top], middle: [top]}
+
+
 def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, device: str, train_iters: int,
                  d1_ids=None) -> ProgressEngine:
-    """The Betty graph: u2l {attention: [weights]}, l2u {weights: [attention]} (plus a data-weight node)."""
+    """The Betty graph: u2l {attention: [weights]}, l2u {weights: [attention]}; with settings.levels == 3
+    a data-weighting node on top (three_level_dependencies), whose ids are d1_ids (D1's 'idx' column)."""
     from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
     quiet_betty()
@@ -103,15 +121,13 @@ def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, d
     u2l = {attention: [weights]}
     l2u = {weights: [attention]}
     if three_levels:
-        example_weights = ExampleWeights(len(d1_ids))
-        example_weights.set_ids(d1_ids)
+        if d1_ids is None:
+            raise ValueError("three levels need d1_ids, the ids ('idx' column) of the D1 examples")
+        example_weights = ExampleWeights(len(d1_ids), ids=d1_ids)
         data_optimizer = adam(example_weights.parameters(), settings.data_weight_lr, 0.0)
         data = DataWeighting("data", upper_config(), example_weights, data_optimizer, None, d2_loader, model=model)
         problems.append(data)
-        # The shape that works in Betty 0.2.1 (betty-notes item 9): the top node's parameters are
-        # consumed by the bottom problem, with an l2u chain back up bottom -> middle -> top.
-        u2l[data] = [weights]
-        l2u[attention] = [data]
+        u2l, l2u = three_level_dependencies(weights, attention, data)
     engine = ProgressEngine(
         problems=problems,
         config=EngineConfig(train_iters=train_iters, strategy="gpu" if device.startswith("cuda") else "cpu", logger_type="none"),
@@ -132,7 +148,10 @@ def run_phase1(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, dev
         engine.progress.close()
     stats = {"lower_steps": train_iters, "upper_steps": train_iters // settings.unroll_steps}
     if settings.levels == 3:
-        weights = engine.data.module
-        stats["example_weights"] = {"mean": float(torch.nn.functional.softplus(weights.raw).mean()),
-                                    "std": float(torch.nn.functional.softplus(weights.raw).std())}
+        example_weights = engine.data.module
+        values = example_weights.weights().detach()
+        # Every D1 example's learned weight by its dataset id (JSON keys: strings), and a summary.
+        stats["example_weights"] = {"mean": float(values.mean()), "std": float(values.std()),
+                                    "min": float(values.min()), "max": float(values.max()),
+                                    "by_id": {i: float(w) for i, w in zip(example_weights.ids, values.tolist())}}
     return stats

@@ -2,7 +2,8 @@
 
 - TaskWeights (lower): the task weights W of a mixed model, trained on D1.
 - MixupAttention (upper): the attention A of a WeightMixup, trained on D2 through the hypergradient.
-- ExampleWeights (optional third node): one weight per D1 example, scaling TaskWeights' loss.
+- DataWeighting (optional third node, on top): learns ExampleWeights, one weight per D1 example that
+  scales TaskWeights' loss, so that the mixed model does well on D2 (docs/three-levels.md).
 
 Each is an ordinary betty ImplicitProblem: put them in an Engine of your own, or let
 blo_mixup.engine assemble the graph. Problems reach each other by name (Betty sets them as
@@ -101,26 +102,57 @@ class MixupAttention(SingleBackwardUpper):
 
 
 class ExampleWeights(torch.nn.Module):
-    """One non-negative weight per training example id (softplus of a free parameter, 1 at start)."""
+    """One non-negative weight per training example id: softplus of a free parameter, 1 at start.
 
-    def __init__(self, num_examples: int):
+    ids: the dataset example ids (the 'idx' column) in row order; default 0 .. num_examples - 1.
+    Calling the module with a tensor of ids gives their weights (what TaskWeights multiplies its
+    per-example losses by); `weights()` gives all of them, in row order.
+    """
+
+    def __init__(self, num_examples: int, ids=None):
         super().__init__()
         # softplus(x) = 1 at x = log(e - 1)
         self.raw = torch.nn.Parameter(torch.full((num_examples,), float(torch.log(torch.expm1(torch.tensor(1.0))))))
-        self.register_buffer("position", torch.empty(0, dtype=torch.long), persistent=False)
-        self.id_to_position: dict[int, int] = {}
+        self.set_ids(range(num_examples) if ids is None else ids)
 
     def set_ids(self, ids) -> None:
         """Map dataset example ids (the 'idx' column) to rows of `raw`."""
-        self.id_to_position = {int(i): n for n, i in enumerate(ids)}
+        ids = [int(i) for i in ids]
+        if len(ids) != len(self.raw) or len(set(ids)) != len(ids):
+            raise ValueError(f"ExampleWeights needs {len(self.raw)} distinct example ids; got {len(ids)} "
+                             f"({len(set(ids))} distinct)")
+        self.ids = ids
+        self.id_to_position = {i: n for n, i in enumerate(ids)}
+
+    def weights(self) -> torch.Tensor:
+        """Every example's weight, in the order of `ids`."""
+        return F.softplus(self.raw)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = torch.tensor([self.id_to_position[int(i)] for i in ids.tolist()], device=self.raw.device)
-        return F.softplus(self.raw[rows])
+        try:
+            rows = [self.id_to_position[int(i)] for i in ids.tolist()]
+        except KeyError as error:
+            raise KeyError(f"example id {error.args[0]} has no weight: it is not among the ids given to "
+                           "ExampleWeights (its lower problem must train on exactly those examples)") from None
+        return F.softplus(self.raw[torch.tensor(rows, device=self.raw.device)])
 
 
 class DataWeighting(SingleBackwardUpper):
-    """Top level of the three-level setup: learns ExampleWeights so that the mixed model does well on D2."""
+    """Top level of the three-level setup: learns ExampleWeights so that the mixed model does well on D2.
+
+    Its loss, the mixed model's loss on a D2 batch, does not use the example weights directly: their
+    whole gradient is implicit, through the task weights W (which the weights reweight on D1). Two
+    Betty paths reach it (blo_mixup.engine.three_level_dependencies builds them):
+
+        [data, weights, data]             lambda -> W -> top loss            (dL/dW . dW/dlambda)
+        [data, attention, weights, data]  lambda -> W -> A -> top loss      (dL/dA . dA/dW . dW/dlambda)
+
+    `backward` gets the top loss's gradient with respect to W and to A from ONE autograd call, runs
+    each path's hops up to its last one, sums the vectors that arrive at the same last hop, and runs
+    that hop once (every hop is linear in its vector): with the two paths above that is one
+    finite-difference hop through the attention and one through the task weights, the cost of a
+    single path. See docs/three-levels.md.
+    """
 
     def __init__(self, name, config, module, optimizer, scheduler=None, train_data_loader=None, *, model=None):
         super().__init__(name, config, module, optimizer, scheduler, train_data_loader)
@@ -128,3 +160,29 @@ class DataWeighting(SingleBackwardUpper):
 
     def training_step(self, batch):
         return per_example_loss(self.model, batch).mean()
+
+    def backward(self, loss, params, paths, create_graph=False, retain_graph=True, allow_unused=True):
+        simple = (len(paths) > 0 and not create_graph and self._config.first_order
+                  and self._strategy in ("default", "cpu", "gpu") and self.gradient_accumulation_boundary())
+        if not simple:  # Betty's own: one get_grads per path (same result, more passes)
+            return ImplicitProblem.backward(self, loss, params, paths, create_graph, retain_graph, allow_unused)
+        starts = list({id(path[1]): path[1] for path in paths}.values())
+        start_params = [problem.meta_trainable_parameters() for problem in starts]
+        flat = [p for group in start_params for p in group]
+        grads = torch.autograd.grad(loss, [*params, *flat], allow_unused=True)
+        self.set_grads(params, grads[: len(params)])
+        vectors, offset = {}, len(params)
+        for problem, group in zip(starts, start_params):
+            vectors[id(problem)] = replace_none_with_zero(grads[offset: offset + len(group)], group)
+            offset += len(group)
+        arriving = {}  # last hop's problem -> (problem, summed vector)
+        for path in paths:
+            vector = vectors[id(path[1])]
+            for i in range(1, len(path) - 2):
+                vector = jvp_fn_mapping[path[i].config.type](vector, path[i], path[i + 1], False)
+            last = path[-2]
+            if id(last) in arriving:
+                vector = [a + b for a, b in zip(arriving[id(last)][1], vector)]
+            arriving[id(last)] = (last, vector)
+        for last, vector in arriving.values():
+            self.set_grads(params, jvp_fn_mapping[last.config.type](vector, last, self, False))

@@ -106,7 +106,6 @@ def test_fold_averaging_runs_each_fold(glue_dir, tiny_bert_dir, tmp_path, monkey
 
 @pytest.mark.parametrize("options, words", [
     ({"split_ratio": 1.0}, ["--split-ratio"]),
-    ({"levels": 3, "hypergradient": "neumann"}, ["--levels 3", "darts"]),
     ({"hypergradient": "darts", "hypergradient_iterations": 5}, ["iterations"]),
     ({"hypergradient": "newton"}, ["unknown hypergradient", "newton"]),
     ({"unroll_steps": 0}, ["--unroll-steps"]),

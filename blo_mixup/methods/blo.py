@@ -35,7 +35,7 @@ class BloMixupOptions:
     phase2_epochs: float | None = field(default=None, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (default: --epochs; 0 skips phase 2)"})
     phase2_lr: float | None = field(default=None, metadata={"help": "phase-2 learning rate (default: --lr)"})
     folds: int = field(default=1, metadata={"help": "fold averaging: run phase 1 on this many random D1/D2 re-splits and average W and A"})
-    levels: int = field(default=2, metadata={"help": "2, or 3 to add a data-reweighting node above (DARTS only)"})
+    levels: int = field(default=2, metadata={"help": "2, or 3 to add a data-reweighting node on top (the middle level then always uses DARTS)"})
     data_weight_lr: float = field(default=1e-2, metadata={"help": "learning rate of the per-example weights (--levels 3)"})
 
 
@@ -72,9 +72,6 @@ class BloMixup(Method):
             raise UserError(f"--split-ratio must be strictly between 0 and 1; got {o.split_ratio}")
         if o.levels not in (2, 3):
             raise UserError(f"--levels must be 2 or 3; got {o.levels}")
-        if o.levels == 3 and o.hypergradient != "darts":
-            raise UserError("--levels 3 works with --hypergradient darts only (a Betty 0.2.1 problem with its own "
-                            "lower problems cannot use Neumann or CG); drop --levels 3 or use darts")
 
     def model_kwargs(self):
         from ..hypergradients import needs_double_backward
