@@ -50,7 +50,10 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
     """Fine-tune with `method` (a methods.Method), evaluate on dev, write results.json and the model."""
     from transformers import set_seed
 
+    from .data import get_task
+
     validate_run_config(run)
+    get_task(run.task)  # an unknown task fails before anything is written
     output_dir = prepare_output_dir(run.output_dir or default_output_dir(run), run.overwrite)
     started = time.perf_counter()
     model, ctx = build_context(run, method, output_dir)

@@ -21,9 +21,17 @@ def finetune_args(glue_dir, model_dir, out, *extra):
             "--epochs", 1, "--batch-size", 8, "--max-length", 32, "--output-dir", out, *extra]]
 
 
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """main() in this process (fast); the result has the same shape as run_cli's."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
 def assert_one_line_error(result, *words):
     assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip() and not line.startswith("USDT")]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("blo-mixup: error:")
     assert "Traceback" not in result.stderr
@@ -107,7 +115,7 @@ def _rewrite(path: Path, fn):
     ("bad_model_path", ["not a model folder"]),
     ("config_typo", ["unknown option", "epoch", "epochs"]),
 ])
-def test_bad_input_gives_one_line_and_exit_2(case, words, broken_glue, tiny_bert_dir, tmp_path):
+def test_bad_input_gives_one_line_and_exit_2(case, words, broken_glue, tiny_bert_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = finetune_args(broken_glue, tiny_bert_dir, out)
     train = broken_glue / "RTE" / "train.tsv"
@@ -143,11 +151,17 @@ def test_bad_input_gives_one_line_and_exit_2(case, words, broken_glue, tiny_bert
         config = tmp_path / "c.json"
         config.write_text(json.dumps({"epoch": 2}))
         args += ["--config", str(config)]
-    result = run_cli(*args)
+    result = run_main(capsys, *args)
     assert_one_line_error(result, *words)
     assert not (out / "results.json").exists()
 
 
-def test_nan_loss_stops_with_exit_2(glue_dir, tiny_bert_dir, tmp_path):
-    result = run_cli(*finetune_args(glue_dir, tiny_bert_dir, tmp_path / "out", "--lr", 1e30, "--epochs", 3))
+def test_installed_command_exits_2_without_traceback(tmp_path):
+    """The real entry point, in a subprocess, as a user runs it."""
+    result = run_cli("finetune", "--task", "rtee", "--output-dir", tmp_path / "out")
+    assert_one_line_error(result, "unknown task", "rte")
+
+
+def test_nan_loss_stops_with_exit_2(glue_dir, tiny_bert_dir, tmp_path, capsys):
+    result = run_main(capsys, *finetune_args(glue_dir, tiny_bert_dir, tmp_path / "out", "--lr", 1e30, "--epochs", 3))
     assert_one_line_error(result, "loss became", "step", "--lr")

@@ -1,0 +1,266 @@
+"""DPS: Dynamic Parameter Selection (Zhang et al., NeurIPS 2022), dense and mix variants (methods.md section 2).
+
+Training runs in cycles of two stages of u = floor(T * update_ratio) optimizer steps each (T = total
+steps, u >= 1), on the six Linear weights of every encoder layer, each matrix on its own:
+
+- stage I: every entry is updated, and the method accumulates a per-entry score G = sum of g^2
+  (dps-mix: the stage is Mixout towards the pretrained weights with per-input-column Bernoulli masks M,
+  accumulating G += (g*M)^2 and a count F += M);
+- stage II: per matrix, only the top (1 - p) fraction of entries by score is updated (p = --dps-p is
+  the fraction FROZEN). dps-dense multiplies the gradients by that mask; dps-mix scores entries by
+  S = G / max(F, 1) (times exp(-F/u) when u >= 50) and mixes out, with the fixed mask, towards U = the
+  weights at the start of the stage.
+
+G (and F) are reset at the start of every cycle. As in the official code, scores are accumulated and
+masks applied to the raw gradients in the backward pass, before gradient clipping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import UserError
+from .base import Method, register
+
+
+@dataclass
+class DpsOptions:
+    dps_p: float = field(default=0.3, metadata={"help": "DPS: fraction of each matrix FROZEN in stage II (0.3: 70 percent of the entries are updated)"})
+    dps_update_ratio: float = field(default=0.05, metadata={"help": "DPS: stage length as a fraction of the total optimizer steps"})
+    dps_dropout: float = field(default=0.0, metadata={"help": "DPS: dropout rate of the whole model (the paper trains without dropout)"})
+
+
+def encoder_linears(model) -> dict[str, nn.Linear]:
+    """The nn.Linear layers inside the model's repeated encoder blocks, by name.
+
+    For BERT these are the six Linear layers of each layer (query, key, value, attention output,
+    intermediate, output); embeddings, pooler and classifier are outside the blocks.
+    """
+    base = getattr(model, getattr(model, "base_model_prefix", ""), model)
+    num_layers = getattr(model.config, "num_hidden_layers", None)
+    blocks = [m for m in base.modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers]
+    if not blocks:
+        raise UserError(f"DPS found no list of {num_layers} encoder layers in {type(model).__name__}; "
+                        "use a BERT-like encoder model with --method dps-dense / dps-mix")
+    inside = {id(m) for m in blocks[0].modules()}
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) in inside}
+
+
+def top_fraction_mask(score: torch.Tensor, keep: float) -> torch.Tensor:
+    """A 0/1 mask of the same shape keeping exactly ceil(keep * n) entries with the largest scores.
+
+    Ties at the threshold are broken by torch.topk; the official code keeps every tied entry.
+    """
+    flat = score.flatten()
+    k = min(flat.numel(), math.ceil(round(keep * flat.numel(), 6)))
+    mask = torch.zeros_like(flat)
+    mask[torch.topk(flat, k, sorted=False).indices] = 1.0
+    return mask.view_as(score)
+
+
+def set_dropout(model, p: float) -> None:
+    """Set every dropout module of the model (and its config, for the saved model) to rate p."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, p)
+
+
+class _DpsBase(Method):
+    """The cycle bookkeeping shared by both variants: step counting, stage length, stage boundaries."""
+
+    options_class = DpsOptions
+
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
+        o = self.options
+        if not 0 <= o.dps_p < 1:
+            raise UserError(f"--dps-p must be in [0, 1) (the fraction of each matrix frozen in stage II); got {o.dps_p}")
+        if not 0 < o.dps_update_ratio <= 1:
+            raise UserError(f"--dps-update-ratio must be in (0, 1] (a fraction of the total steps); got {o.dps_update_ratio}")
+        if not 0 <= o.dps_dropout < 1:
+            raise UserError(f"--dps-dropout must be in [0, 1); got {o.dps_dropout}")
+        self.step = 1  # the optimizer step about to run, 1-based
+        self.stage_length = 1
+        self.total_steps = 0
+        self.targets: dict[str, nn.Linear] = {}
+        self.hooks = []
+
+    def setup_cycles(self, model, ctx) -> None:
+        from ..training import steps_for
+
+        self.total_steps = steps_for(len(ctx.train), ctx.run.batch_size, ctx.run.epochs)
+        self.stage_length = max(1, math.floor(self.total_steps * self.options.dps_update_ratio))
+        self.targets = encoder_linears(model)
+        set_dropout(model, self.options.dps_dropout)
+
+    def in_stage_one(self, step: int | None = None) -> bool:
+        step = self.step if step is None else step
+        return ((step - 1) // self.stage_length) % 2 == 0
+
+    def starts_stage(self, step: int | None = None) -> bool:
+        step = self.step if step is None else step
+        return (step - 1) % self.stage_length == 0
+
+    def loss(self, model, batch, ctx):
+        # The loss hook runs first in every step: switch stages here, before the forward pass.
+        self.begin_step()
+        return super().loss(model, batch, ctx)
+
+    def begin_step(self) -> None:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, model, step, ctx):
+        self.step = step + 1
+
+    def remove_hooks(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+
+    def results(self):
+        last_step = max(1, self.step - 1)
+        return {"dps": {"total_steps": self.total_steps, "stage_length": self.stage_length, "p_frozen": self.options.dps_p,
+                        "matrices": len(self.targets), "last_stage": "I" if self.in_stage_one(last_step) else "II"}}
+
+
+@register
+class DpsDense(_DpsBase):
+    name = "dps-dense"
+    summary = "DPS-Dense: cycles of full updates (scoring entries by sum g^2) and updates of the top (1-p) entries per matrix"
+
+    def prepare_model(self, model, ctx):
+        self.setup_cycles(model, ctx)
+        self.grad_sq = {name: torch.zeros_like(m.weight) for name, m in self.targets.items()}
+        self.masks = {name: torch.ones_like(m.weight) for name, m in self.targets.items()}
+        for name, module in self.targets.items():
+            self.hooks.append(module.weight.register_post_accumulate_grad_hook(self._grad_hook(name)))
+        return model
+
+    def _grad_hook(self, name: str):
+        def hook(param):
+            if self.in_stage_one():
+                self.grad_sq[name] = self.grad_sq[name].to(param.grad.device) + param.grad.detach() ** 2
+            else:
+                param.grad.mul_(self.masks[name].to(param.grad.device))
+        return hook
+
+    def begin_step(self) -> None:
+        if not self.starts_stage():
+            return
+        if self.in_stage_one():  # a new cycle: forget the last cycle's scores
+            for g in self.grad_sq.values():
+                g.zero_()
+        else:
+            keep = 1.0 - self.options.dps_p
+            self.masks = {name: top_fraction_mask(g, keep) for name, g in self.grad_sq.items()}
+
+    def finalize_model(self, model):
+        self.remove_hooks()
+        return model
+
+
+class MixoutWeight(nn.Module):
+    """A torch parametrization of a Linear weight: W_eff = (M*W + (1-M)*U - p*U) / (1-p).
+
+    Stage I (fixed=False): M is a per-input-column Bernoulli(1-p) mask, resampled every step, and U the
+    pretrained weight; in eval mode W_eff = W (mixout's expectation). Stage II (fixed=True): M is the
+    fixed selection mask and U the weight at the start of the stage, in training and in eval alike.
+    Buffers hold the DPS-Mix scores: grad_sq (G) and count (F).
+    """
+
+    def __init__(self, weight: torch.Tensor, p: float):
+        super().__init__()
+        self.p = p
+        self.fixed = False
+        self.register_buffer("pretrained", weight.detach().clone())
+        self.register_buffer("target", weight.detach().clone())
+        self.register_buffer("mask", torch.ones(1, weight.shape[1], dtype=weight.dtype, device=weight.device))
+        self.register_buffer("grad_sq", torch.zeros_like(weight))
+        self.register_buffer("count", torch.zeros_like(weight))
+
+    def forward(self, weight):
+        if not self.fixed and not self.training:
+            return weight
+        return mixout(weight, self.target, self.mask, self.p)
+
+
+def mixout(weight, target, mask, p: float):
+    """(M*W + (1-M)*U - p*U) / (1-p), M broadcast over rows when it is one row of column masks."""
+    return (mask * weight + (1 - mask) * target - p * target) / (1 - p)
+
+
+def mix_scores(grad_sq: torch.Tensor, count: torch.Tensor, stage_length: int) -> torch.Tensor:
+    """DPS-Mix score S = G / max(F, 1), times exp(-F/u) when the stage is long (u >= 50)."""
+    score = grad_sq / count.clamp(min=1)
+    if stage_length >= 50:
+        score = score * torch.exp(-count / stage_length)
+    return score
+
+
+@register
+class DpsMix(_DpsBase):
+    name = "dps-mix"
+    summary = "DPS-Mix: cycles of column-wise Mixout (scoring entries) and mixout of the top (1-p) entries towards the stage start"
+
+    def prepare_model(self, model, ctx):
+        self.setup_cycles(model, ctx)
+        for module in self.targets.values():
+            parametrize.register_parametrization(module, "weight", MixoutWeight(module.weight, self.options.dps_p))
+            original = module.parametrizations.weight.original
+            self.hooks.append(original.register_post_accumulate_grad_hook(self._grad_hook(module)))
+        return model
+
+    @staticmethod
+    def mixing(module) -> MixoutWeight:
+        return module.parametrizations.weight[0]
+
+    def _grad_hook(self, module):
+        def hook(param):
+            mix = self.mixing(module)
+            if self.in_stage_one():
+                # param.grad = g * M / (1-p), with g the gradient of W_eff: accumulate (g*M)^2 and F += M.
+                mix.grad_sq += (param.grad.detach() * (1 - self.options.dps_p)) ** 2
+                mix.count += mix.mask.expand_as(mix.count)
+        return hook
+
+    def begin_step(self) -> None:
+        p = self.options.dps_p
+        for module in self.targets.values():
+            mix = self.mixing(module)
+            original = module.parametrizations.weight.original
+            with torch.no_grad():
+                if self.starts_stage() and self.in_stage_one():
+                    if mix.fixed:  # leaving stage II: keep the function it trained
+                        original.copy_(mix(original))
+                    mix.fixed = False
+                    mix.target.copy_(mix.pretrained)
+                    mix.grad_sq.zero_()
+                    mix.count.zero_()
+                elif self.starts_stage():
+                    mix.mask = top_fraction_mask(mix_scores(mix.grad_sq, mix.count, self.stage_length), 1.0 - p)
+                    mix.target.copy_(original)
+                    mix.fixed = True
+                if not mix.fixed:  # stage I: a fresh column mask every step
+                    mix.mask = torch.bernoulli(torch.full((1, original.shape[1]), 1.0 - p, device=original.device,
+                                                          dtype=original.dtype))
+
+    def finalize_model(self, model):
+        """Bake the weights the last stage evaluates with into plain nn.Linear weights."""
+        self.remove_hooks()
+        for module in self.targets.values():
+            with torch.no_grad():
+                mix = self.mixing(module)
+                mix.eval()
+                value = mix(module.parametrizations.weight.original).detach().clone()
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+            with torch.no_grad():
+                module.weight.copy_(value)
+        return model
