@@ -23,7 +23,7 @@ mixup step (phase 2). The 80/20 split and the paper's phase 2 (same epochs) are 
 from __future__ import annotations
 
 import dataclasses
-import json
+from dataclasses import field
 import math
 import statistics
 import time
@@ -39,21 +39,21 @@ MIB = 2**20
 
 @dataclasses.dataclass
 class BenchOptions:
-    model: str = "minilm"
-    batch_size: int = 16
-    max_length: int = 128
-    methods: str = "vanilla,blo-mixup"
-    hypergradients: str = "darts"
-    unroll_steps: str = "1,5"
-    steps: int = 5
-    warmup: int = 2
-    train_size: int = 300
-    epochs: float = 3.0
-    split_ratio: float = 0.8
-    threads: int | None = None
-    memory: bool = True
-    device: str | None = None
-    json: str | None = None
+    model: str = field(default="minilm", metadata={"help": "model name or path ('minilm' = the packaged MiniLM)"})
+    batch_size: int = field(default=16, metadata={"help": "batch size of the synthetic batches"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example (every example is this long)"})
+    methods: str = field(default="vanilla,blo-mixup", metadata={"help": "comma-separated methods to time against vanilla"})
+    hypergradients: str = field(default="darts", metadata={"help": "comma-separated hypergradients for blo-mixup"})
+    unroll_steps: str = field(default="1,5", metadata={"help": "comma-separated unroll steps for blo-mixup"})
+    steps: int = field(default=5, metadata={"help": "timed steps per case (the median is reported)"})
+    warmup: int = field(default=2, metadata={"help": "untimed warm-up steps per case"})
+    train_size: int = field(default=300, metadata={"help": "training examples of the whole run whose wall time is estimated"})
+    epochs: float = field(default=3.0, metadata={"help": "epochs of that whole run"})
+    split_ratio: float = field(default=0.8, metadata={"help": "D1 fraction assumed for blo-mixup's phase 1"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
+    memory: bool = field(default=True, metadata={"help": "also measure peak memory (one extra profiled step per case)"})
+    device: str | None = field(default=None, metadata={"help": "torch device; default CUDA when present"})
+    json: str | None = field(default=None, metadata={"help": "also write the report as JSON to this file"})
 
 
 def _csv(text: str) -> list[str]:
