@@ -159,6 +159,25 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
     return {"steps": total_steps, "train_time_s": time.perf_counter() - start, "final_train_loss": sum(tail) / len(tail)}
 
 
+def mean_squared_gradients(model, batches, loss_fn, params: dict) -> dict:
+    """Empirical Fisher: the mean over `batches` of the squared gradient of `loss_fn(model, batch)`.
+
+    `params` maps any keys to the parameters to score; the result has the same keys. The caller sets
+    train or eval mode (which decides whether dropout is on).
+    """
+    fisher = {key: torch.zeros_like(p) for key, p in params.items()}
+    count = 0
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model, batch).backward()
+        for key, p in params.items():
+            if p.grad is not None:
+                fisher[key] += p.grad.detach() ** 2
+        count += 1
+    model.zero_grad(set_to_none=True)
+    return {key: f / max(count, 1) for key, f in fisher.items()}
+
+
 @torch.no_grad()
 def predict(model, ctx: RunContext, dataset) -> tuple[list, list]:
     """Predictions (class indices, or scores for regression) and references on `dataset`."""

@@ -39,21 +39,13 @@ def child_parameters(model) -> list[torch.nn.Parameter]:
 
 def fisher_information(model, batches, loss_fn) -> dict[torch.nn.Parameter, torch.Tensor]:
     """Empirical Fisher of the layer parameters: mean over batches of the squared batch gradient."""
-    params = child_parameters(model)
-    fisher = {p: torch.zeros_like(p) for p in params}
-    count = 0
+    from ..training import mean_squared_gradients
+
     was_training = model.training
     model.train()  # as the official code: dropout on, as in training
-    for batch in batches:
-        model.zero_grad(set_to_none=True)
-        loss_fn(model, batch).backward()
-        for p in params:
-            if p.grad is not None:
-                fisher[p] += p.grad.detach() ** 2
-        count += 1
-    model.zero_grad(set_to_none=True)
+    fisher = mean_squared_gradients(model, batches, loss_fn, {p: p for p in child_parameters(model)})
     model.train(was_training)
-    return {p: f / max(count, 1) for p, f in fisher.items()}
+    return fisher
 
 
 def top_fraction_masks(scores: dict, reserve_p: float) -> dict:

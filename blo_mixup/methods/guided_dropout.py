@@ -187,23 +187,15 @@ def empirical_fisher(model, examples, device, loss_fn=model_loss_of) -> dict[str
     `examples` are model inputs (dicts of tensors with a batch of one, labels included); `loss_fn(model,
     example)` gives the loss (the task loss by default, masked_lm_loss for the MLM).
     """
-    base = base_model(model)
-    params = {name: p for name, p in base.named_parameters()}
-    fisher = {name: torch.zeros_like(p, device=device) for name, p in params.items()}
+    from ..training import mean_squared_gradients
+
+    params = dict(base_model(model).named_parameters())
     was_training = model.training
     model.to(device).eval()  # no dropout: the Fisher of the pretrained function itself
-    count = 0
-    for example in examples:
-        model.zero_grad(set_to_none=True)
-        loss = loss_fn(model, {k: v.to(device) for k, v in example.items()})
-        loss.backward()
-        for name, p in params.items():
-            if p.grad is not None:
-                fisher[name] += p.grad.detach() ** 2
-        count += 1
-    model.zero_grad(set_to_none=True)
+    on_device = ({k: v.to(device) for k, v in example.items()} for example in examples)
+    fisher = mean_squared_gradients(model, on_device, loss_fn, params)
     model.train(was_training)
-    return {name: f / max(count, 1) for name, f in fisher.items()}
+    return fisher
 
 
 def fisher_texts(ctx, options) -> list[tuple[str, ...]]:
