@@ -76,8 +76,8 @@ def cmd_compare(args) -> int:
             results.append(read_results(run_dir))
             print(f"{label}: done earlier, main score {results[-1]['main_score']:.4f}", flush=True)
             continue
-        left = len(plan) - i + 1
-        eta = f", about {_minutes(left * sum(durations) / len(durations))} left" if durations else ""
+        eta = _time_left(plan[i - 1:], durations)
+        eta = f", about {_minutes(eta)} left" if eta else ""
         print(f"{label}: running{eta}", flush=True)
         own_keys = set(field_names(RunConfig)) | set(field_names(get_method(method).options_class))
         values = {k: v for k, v in {**file_values, **shared}.items() if k in own_keys}
@@ -85,8 +85,8 @@ def cmd_compare(args) -> int:
         run, method_obj = resolve_finetune(argparse.Namespace(command="finetune", config=None, **values))
         started = time.perf_counter()
         results.append(run_finetune(run, method_obj))
-        durations.append(time.perf_counter() - started)
-        print(f"{label}: main score {results[-1]['main_score']:.4f} in {durations[-1]:.0f} s", flush=True)
+        durations.append((method, time.perf_counter() - started))
+        print(f"{label}: main score {results[-1]['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
 
     write_results_csv(results, output_dir / "results.csv")
     table = summary_table(results, tasks, methods)
@@ -95,6 +95,17 @@ def cmd_compare(args) -> int:
     print(table)
     print(f"wrote {output_dir / 'results.csv'}, {output_dir / 'summary.md'}, {output_dir / 'summary.png'}")
     return 0
+
+
+def _time_left(remaining, durations) -> float | None:
+    """Seconds left for the remaining runs: each method's mean run time so far (else the overall mean)."""
+    if not durations:
+        return None
+    overall = sum(d for _, d in durations) / len(durations)
+    by_method: dict[str, list[float]] = {}
+    for method, seconds in durations:
+        by_method.setdefault(method, []).append(seconds)
+    return sum(sum(by_method.get(m, [overall])) / len(by_method.get(m, [overall])) for _, m, _ in remaining)
 
 
 def _minutes(seconds: float) -> str:

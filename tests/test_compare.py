@@ -51,3 +51,12 @@ def test_summary_table_mean_std_and_best(tmp_path):
     table = summary_table(results, ["rte", "mrpc"], ["a", "b"])
     assert "| a | **60.00 ± 14.14** | 80.00 ± 0.00 | **70.00 ± 7.07** |" in table
     assert "| b | 55.00 ± 0.00 | **81.00 ± 12.73** | 68.00 ± 6.36 |" in table
+
+
+def test_time_left_uses_each_methods_own_run_time():
+    from blo_mixup.compare import _time_left
+
+    remaining = [("rte", "vanilla", 3), ("rte", "blo-mixup", 1), ("rte", "blo-mixup", 2)]
+    assert _time_left(remaining, []) is None
+    assert _time_left(remaining, [("vanilla", 100.0), ("vanilla", 120.0)]) == 330.0  # unknown method: overall mean
+    assert _time_left(remaining, [("vanilla", 100.0), ("blo-mixup", 400.0)]) == 900.0
