@@ -66,23 +66,37 @@ class SingleBackwardUpper(ImplicitProblem):
     get_grads, for the lower parameters (dL/dW, the vector the hypergradient method multiplies). Both
     come from the same graph, so one autograd call gives both, saves a full backward pass per upper
     step, and frees the graph at once (no retained graph alive during the hypergradient's passes).
-    The chain over the path is Betty's own (jvp_fn_mapping by each problem's config.type). Cases this
-    does not cover (several paths, distributed strategies, gradient accumulation) use Betty's code.
+    The chain over a path is Betty's own (jvp_fn_mapping by each problem's config.type). With several
+    paths (three levels), the vectors arriving at the same last hop are summed and that hop runs once
+    (every hop is linear in its vector). Distributed strategies and gradient accumulation use Betty's
+    own backward, which gives the same result with more passes.
     """
 
     def backward(self, loss, params, paths, create_graph=False, retain_graph=True, allow_unused=True):
-        simple = (len(paths) == 1 and not create_graph and self._config.first_order
+        simple = (len(paths) > 0 and not create_graph and self._config.first_order
                   and self._strategy in ("default", "cpu", "gpu") and self.gradient_accumulation_boundary())
-        if not simple:
+        if not simple:  # Betty's own: one get_grads per path (same result, more passes)
             return super().backward(loss, params, paths, create_graph, retain_graph, allow_unused)
-        path = paths[0]
-        lower_params = path[1].meta_trainable_parameters()
-        grads = torch.autograd.grad(loss, [*params, *lower_params], allow_unused=True)
+        starts = list({id(path[1]): path[1] for path in paths}.values())
+        start_params = [problem.meta_trainable_parameters() for problem in starts]
+        flat = [p for group in start_params for p in group]
+        grads = torch.autograd.grad(loss, [*params, *flat], allow_unused=True)
         self.set_grads(params, grads[: len(params)])
-        vector = replace_none_with_zero(grads[len(params):], lower_params)
-        for i in range(1, len(path) - 1):
-            vector = jvp_fn_mapping[path[i].config.type](vector, path[i], path[i + 1], False)
-        self.set_grads(params, vector)
+        vectors, offset = {}, len(params)
+        for problem, group in zip(starts, start_params):
+            vectors[id(problem)] = replace_none_with_zero(grads[offset: offset + len(group)], group)
+            offset += len(group)
+        arriving = {}  # last hop's problem -> (problem, summed vector)
+        for path in paths:
+            vector = vectors[id(path[1])]
+            for i in range(1, len(path) - 2):
+                vector = jvp_fn_mapping[path[i].config.type](vector, path[i], path[i + 1], False)
+            last = path[-2]
+            if id(last) in arriving:
+                vector = [a + b for a, b in zip(arriving[id(last)][1], vector)]
+            arriving[id(last)] = (last, vector)
+        for last, vector in arriving.values():
+            self.set_grads(params, jvp_fn_mapping[last.config.type](vector, last, self, False))
 
 
 class MixupAttention(SingleBackwardUpper):
@@ -147,11 +161,9 @@ class DataWeighting(SingleBackwardUpper):
         [data, weights, data]             lambda -> W -> top loss            (dL/dW . dW/dlambda)
         [data, attention, weights, data]  lambda -> W -> A -> top loss      (dL/dA . dA/dW . dW/dlambda)
 
-    `backward` gets the top loss's gradient with respect to W and to A from ONE autograd call, runs
-    each path's hops up to its last one, sums the vectors that arrive at the same last hop, and runs
-    that hop once (every hop is linear in its vector): with the two paths above that is one
-    finite-difference hop through the attention and one through the task weights, the cost of a
-    single path. See docs/three-levels.md.
+    The inherited single-backward `backward` gets the top loss's gradient with respect to W and to A
+    from ONE autograd call and runs the shared last hop (through the task weights) once for both
+    paths: the cost of a single path. See docs/three-levels.md.
     """
 
     def __init__(self, name, config, module, optimizer, scheduler=None, train_data_loader=None, *, model=None):
@@ -160,29 +172,3 @@ class DataWeighting(SingleBackwardUpper):
 
     def training_step(self, batch):
         return per_example_loss(self.model, batch).mean()
-
-    def backward(self, loss, params, paths, create_graph=False, retain_graph=True, allow_unused=True):
-        simple = (len(paths) > 0 and not create_graph and self._config.first_order
-                  and self._strategy in ("default", "cpu", "gpu") and self.gradient_accumulation_boundary())
-        if not simple:  # Betty's own: one get_grads per path (same result, more passes)
-            return ImplicitProblem.backward(self, loss, params, paths, create_graph, retain_graph, allow_unused)
-        starts = list({id(path[1]): path[1] for path in paths}.values())
-        start_params = [problem.meta_trainable_parameters() for problem in starts]
-        flat = [p for group in start_params for p in group]
-        grads = torch.autograd.grad(loss, [*params, *flat], allow_unused=True)
-        self.set_grads(params, grads[: len(params)])
-        vectors, offset = {}, len(params)
-        for problem, group in zip(starts, start_params):
-            vectors[id(problem)] = replace_none_with_zero(grads[offset: offset + len(group)], group)
-            offset += len(group)
-        arriving = {}  # last hop's problem -> (problem, summed vector)
-        for path in paths:
-            vector = vectors[id(path[1])]
-            for i in range(1, len(path) - 2):
-                vector = jvp_fn_mapping[path[i].config.type](vector, path[i], path[i + 1], False)
-            last = path[-2]
-            if id(last) in arriving:
-                vector = [a + b for a, b in zip(arriving[id(last)][1], vector)]
-            arriving[id(last)] = (last, vector)
-        for last, vector in arriving.values():
-            self.set_grads(params, jvp_fn_mapping[last.config.type](vector, last, self, False))
