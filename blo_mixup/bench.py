@@ -221,8 +221,6 @@ def build_cases(options: BenchOptions, device) -> list[Case]:
             continue
         cls = get_method(name)
         if name == "blo-mixup":
-            blo = cls()
-            blo.options.phase2_epochs = 1
             cases.append(_mixup_step_case(options, batches, device))
             for hypergradient in _csv(options.hypergradients):
                 for unroll in (int(u) for u in _csv(options.unroll_steps)):

@@ -26,6 +26,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import UserError
 from .base import Method, register
+from .mixout import mixout
 
 
 @dataclass
@@ -190,11 +191,6 @@ class MixoutWeight(nn.Module):
         if not self.fixed and not self.training:
             return weight
         return mixout(weight, self.target, self.mask, self.p)
-
-
-def mixout(weight, target, mask, p: float):
-    """(M*W + (1-M)*U - p*U) / (1-p), M broadcast over rows when it is one row of column masks."""
-    return (mask * weight + (1 - mask) * target - p * target) / (1 - p)
 
 
 def mix_scores(grad_sq: torch.Tensor, count: torch.Tensor, stage_length: int) -> torch.Tensor:

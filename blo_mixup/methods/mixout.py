@@ -47,7 +47,12 @@ class MixoutWeight(nn.Module):
         shape = [1, 1]
         shape[in_dim] = weight.shape[in_dim]
         keep = torch.empty(shape, device=weight.device, dtype=weight.dtype).bernoulli_(1 - self.p)  # M, per input column
-        return self.w0 + keep * (weight - self.w0) / (1 - self.p)
+        return mixout(weight, self.w0, keep, self.p)
+
+
+def mixout(weight, target, mask, p: float):
+    """(M*W + (1-M)*U - p*U) / (1-p), computed as U + M*(W - U)/(1-p); M broadcasts over the weight."""
+    return target + mask * (weight - target) / (1 - p)
 
 
 def mixout_targets(model: nn.Module) -> list[str]:
