@@ -142,7 +142,8 @@ def main(argv=None) -> int:
         print(f"blo-mixup: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("blo-mixup: interrupted; finished runs are kept, re-run the same command to go on", file=sys.stderr)
+        print("blo-mixup: interrupted; finished runs and checkpoints are kept: re-run the same command "
+              "(finetune: with --resume) to go on", file=sys.stderr)
         return 130
 
 

@@ -22,10 +22,17 @@ def _csv(text: str, kind: str) -> list[str]:
 
 
 def _seeds(text: str) -> list[int]:
+    """'1,2,3' or a range '1-5' (or a mix: '1-3,7')."""
+    seeds = []
     try:
-        return [int(s) for s in _csv(text, "seeds")]
+        for item in _csv(text, "seeds"):
+            first, _, last = item.partition("-")
+            seeds.extend(range(int(first), int(last) + 1) if last else [int(first)])
     except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers like 1,2,3; got '{text}'") from None
+        raise UserError(f"--seeds must be integers or ranges like 1,2,3 or 1-5; got '{text}'") from None
+    if not seeds:
+        raise UserError(f"--seeds '{text}' names no seed; a range goes up, like 1-5")
+    return list(dict.fromkeys(seeds))
 
 
 def add_compare_parser(sub) -> None:
@@ -36,10 +43,10 @@ def add_compare_parser(sub) -> None:
     parser = sub.add_parser("compare", help="run methods x seeds x tasks; write results.csv, summary.md, summary.png")
     parser.add_argument("--tasks", required=True, help="comma-separated GLUE tasks, e.g. rte,mrpc")
     parser.add_argument("--methods", required=True, help="comma-separated methods, e.g. vanilla,blo-mixup")
-    parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds (default: 1,2,3,4,5)")
+    parser.add_argument("--seeds", default="1-5", help="seeds: a list or a range, like 1,2,3 or 1-5 (default: 1-5)")
     parser.add_argument("--output-dir", required=True, help="folder for the runs and the summary")
     parser.add_argument("--config", help="JSON or YAML file of options shared by all runs")
-    shared = [f for f in dataclasses.fields(RunConfig) if f.name not in ("task", "method", "seed", "output_dir", "overwrite")]
+    shared = [f for f in dataclasses.fields(RunConfig) if f.name not in ("task", "method", "seed", "output_dir", "overwrite", "resume")]
     SharedOptions = dataclasses.make_dataclass("SharedOptions", [(f.name, f.type, f) for f in shared])
     add_dataclass_flags(parser.add_argument_group("run options (all runs)"), SharedOptions)
     seen: set[str] = set()
@@ -67,6 +74,16 @@ def cmd_compare(args) -> int:
     shared = {k: v for k, v in vars(args).items() if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config")}
     file_values = read_config_file(args.config) if args.config else {}
 
+    own_keys = {m: set(field_names(RunConfig)) | set(field_names(get_method(m).options_class)) for m in methods}
+
+    def resolve(task, method, seed, run_dir):
+        values = {k: v for k, v in {**file_values, **shared}.items() if k in own_keys[method]}
+        # A run killed earlier continues from its checkpoints (and a fresh one starts from scratch).
+        values.update(task=task, method=method, seed=seed, output_dir=str(run_dir), resume=True)
+        return resolve_finetune(argparse.Namespace(command="finetune", config=None, **values))
+
+    for method in methods:  # every method's options are checked before the first run starts
+        resolve(tasks[0], method, seeds[0], output_dir)
     plan = [(t, m, s) for t in tasks for m in methods for s in seeds]
     results, durations = [], []
     for i, (task, method, seed) in enumerate(plan, 1):
@@ -79,10 +96,7 @@ def cmd_compare(args) -> int:
         eta = _time_left(plan[i - 1:], durations)
         eta = f", about {_minutes(eta)} left" if eta else ""
         print(f"{label}: running{eta}", flush=True)
-        own_keys = set(field_names(RunConfig)) | set(field_names(get_method(method).options_class))
-        values = {k: v for k, v in {**file_values, **shared}.items() if k in own_keys}
-        values.update(task=task, method=method, seed=seed, output_dir=str(run_dir))
-        run, method_obj = resolve_finetune(argparse.Namespace(command="finetune", config=None, **values))
+        run, method_obj = resolve(task, method, seed, run_dir)
         started = time.perf_counter()
         results.append(run_finetune(run, method_obj))
         durations.append((method, time.perf_counter() - started))

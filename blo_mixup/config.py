@@ -37,6 +37,9 @@ class RunConfig:
     eval_batch_size: int = field(default=64, metadata={"help": "batch size on the dev set"})
     output_dir: str | None = field(default=None, metadata={"help": "run folder (results.json, model/); default runs/<task>-<method>-s<seed>"})
     overwrite: bool = field(default=False, metadata={"help": "replace an earlier run in --output-dir"})
+    resume: bool = field(default=False, metadata={"help": "continue the killed run in --output-dir from its last checkpoint (same options)"})
+    save_steps: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (and at the end of each stage); 0 = never"})
+    skip_nonfinite: int = field(default=0, metadata={"help": "skip up to this many steps whose loss or gradient is NaN/Inf, then stop; 0 = stop at the first"})
     save_model: bool = field(default=True, metadata={"help": "save the fine-tuned model (save_pretrained) in <output-dir>/model"})
     device: str | None = field(default=None, metadata={"help": "torch device; default CUDA when present, else CPU"})
 
@@ -140,6 +143,10 @@ def validate_run_config(run: RunConfig) -> None:
     check_positive("train_size", run.train_size, allow_zero=True)
     check_positive("weight_decay", run.weight_decay, allow_zero=True)
     check_positive("max_grad_norm", run.max_grad_norm, allow_zero=True)
+    check_positive("save_steps", run.save_steps, allow_zero=True)
+    check_positive("skip_nonfinite", run.skip_nonfinite, allow_zero=True)
+    if run.resume and run.overwrite:
+        raise UserError("--resume continues the run in --output-dir and --overwrite starts it over; give one of them")
     if not 0 <= run.warmup_ratio < 1:
         raise UserError(f"--warmup-ratio must be in [0, 1); got {run.warmup_ratio}")
 

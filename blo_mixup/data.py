@@ -82,6 +82,7 @@ class _LocalLayout:
     label_column: str
     label_values: tuple[str, ...] | None  # raw label strings in class-index order; None: a float score
     header: tuple[str, ...] | None = None  # column names of a file without a header row (CoLA)
+    score_range: tuple[float, float] | None = None  # the valid scores of a regression task
 
 
 _BINARY = ("0", "1")
@@ -92,7 +93,8 @@ _LOCAL_LAYOUTS: dict[str, _LocalLayout] = {
     "mrpc": _LocalLayout("dev.tsv", {"sentence1": "#1 String", "sentence2": "#2 String"}, "Quality", _BINARY),
     "qqp": _LocalLayout("dev.tsv", {"question1": "question1", "question2": "question2"}, "is_duplicate",
                         _BINARY),
-    "stsb": _LocalLayout("dev.tsv", {"sentence1": "sentence1", "sentence2": "sentence2"}, "score", None),
+    "stsb": _LocalLayout("dev.tsv", {"sentence1": "sentence1", "sentence2": "sentence2"}, "score", None,
+                        score_range=(0.0, 5.0)),
     "mnli": _LocalLayout("dev_matched.tsv", {"premise": "sentence1", "hypothesis": "sentence2"},
                          "gold_label", ("entailment", "neutral", "contradiction")),
     "qnli": _LocalLayout("dev.tsv", {"question": "question", "sentence": "sentence"}, "label",
@@ -242,6 +244,14 @@ def _parse_labels(raw: pd.Series, path: Path, task: TaskSpec, layout: _LocalLayo
                 f"number ({bad.size} such row(s)); {task.name} needs a numeric {layout.label_column} "
                 f"in every row"
             )
+        low, high = layout.score_range or (-math.inf, math.inf)
+        bad = np.flatnonzero((scores < low) | (scores > high))
+        if bad.size:
+            raise UserError(
+                f"GLUE file '{path}' line {line_numbers[bad[0]]}: score '{raw.iloc[bad[0]]}' is outside "
+                f"{task.name}'s range {low:g} to {high:g} ({bad.size} such row(s)); fix the "
+                f"{layout.label_column} column or use the classic GLUE {task.folder} file"
+            )
         return scores.tolist()
     index_of = {value: index for index, value in enumerate(layout.label_values)}
     labels = raw.map(index_of)
@@ -333,6 +343,26 @@ def subsample(train: datasets.Dataset, n: int | None, seed: int, task: TaskSpec 
     return train.select(rows)
 
 
+def split_sizes(n: int, ratio: float) -> int:
+    """The size of D1 when n examples are split at ratio; a UserError when D1 or D2 would be empty.
+
+    Both halves need one example (D1 trains the weights, D2 the attention); a class missing from
+    D2 is allowed: its loss and the hypergradient are defined without it.
+    """
+    if not 0 < ratio < 1:
+        raise UserError(f"split ratio {ratio} is not between 0 and 1; pass a ratio such as 0.8")
+    n_first = math.floor(ratio * n + 0.5)
+    if not 0 < n_first < n:
+        minimum = max(1, int(0.5 / min(ratio, 1 - ratio)) - 2)
+        while not 0 < math.floor(ratio * minimum + 0.5) < minimum:
+            minimum += 1
+        raise UserError(
+            f"splitting {n} training examples at ratio {ratio} leaves {'D1' if n_first == 0 else 'D2'} empty; "
+            f"raise --train-size to at least {minimum} for --split-ratio {ratio}, or set --split-ratio closer to 0.5"
+        )
+    return n_first
+
+
 def split_two(subset: datasets.Dataset, ratio: float, seed: int,
               task: TaskSpec | str) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Split a training subsample into disjoint D1 (ratio of it) and D2 (the rest), stratified.
@@ -341,15 +371,8 @@ def split_two(subset: datasets.Dataset, ratio: float, seed: int,
     seeded with (seed, 1) so that the split does not reuse the subsample's random stream.
     """
     task = get_task(task)
-    if not 0 < ratio < 1:
-        raise UserError(f"split ratio {ratio} is not between 0 and 1; pass a ratio such as 0.8")
     n = len(subset)
-    n_first = math.floor(ratio * n + 0.5)
-    if not 0 < n_first < n:
-        raise UserError(
-            f"splitting {n} training examples at ratio {ratio} leaves "
-            f"{'D1' if n_first == 0 else 'D2'} empty; raise --train-size or choose a ratio closer to 0.5"
-        )
+    n_first = split_sizes(n, ratio)
     classes = 0 if task.is_regression else len(np.unique(_column(subset, "label")))
     first = _stratified_pick(subset, n_first, np.random.default_rng((seed, 1)), task,
                              at_least_one=n_first >= classes > 0)

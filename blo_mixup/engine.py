@@ -16,6 +16,7 @@ from betty.configs import Config, EngineConfig
 from betty.engine import Engine
 from tqdm.auto import tqdm
 
+from .errors import UserError
 from .hypergradients import hypergradient_config
 from .training import default_param_groups
 from .problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
@@ -39,6 +40,7 @@ class BLOSettings:
     upper_warmup_ratio: float = 0.1
     levels: int = 2
     data_weight_lr: float = 1e-2
+    skip_nonfinite: int = 0  # updates with a NaN/Inf gradient that may be skipped (then: stop)
     extra: dict = field(default_factory=dict)
 
 
@@ -60,14 +62,55 @@ def upper_config(**kwargs) -> Config:
 
 
 class ProgressEngine(Engine):
-    """Betty's Engine with a progress bar over lower steps."""
+    """Betty's Engine with a progress bar over lower steps, and checkpoints (checkpoint.py).
+
+    `run` is Betty's loop (train_step per global step; this project uses no validation) started from
+    `global_step`, so that a resumed phase continues where the killed one stopped. A save is taken only
+    when every unroll cycle is complete (global_step divisible by unroll_steps): then no problem is
+    half-way through its steps and the problems' step counters, optimizers, schedulers and modules, the
+    loaders' positions and the random generators are the whole state.
+    """
 
     progress = None
+    stage = None  # checkpoint.Stage
+    loaders: dict = {}  # name -> checkpoint.ResumableLoader
+    unroll_steps = 1
+    last_save = 0
 
-    def train_step(self):
-        super().train_step()
-        if self.progress is not None:
-            self.progress.update(1)
+    def save_due(self) -> bool:
+        """--save-steps steps since the last save, at the end of an unroll cycle, before the last step."""
+        return (self.stage is not None and self.stage.enabled and self.stage.save_steps > 0
+                and self.global_step % self.unroll_steps == 0 and self.global_step < self.train_iters
+                and self.global_step - self.last_save >= self.stage.save_steps)
+
+    def run(self):
+        self.train()
+        while self.global_step < self.train_iters:
+            self.global_step += 1
+            self.train_step()
+            if self.progress is not None:
+                self.progress.update(1)
+            if self.save_due():
+                self.stage.save(self.global_step, **self.training_state())
+                self.last_save = self.global_step
+        self.cleanup()
+
+    def training_state(self) -> dict:
+        return {"problems": {p.name: {**p.state_dict(), "count": p._count, "epochs": list(p.epoch_counter),
+                                      "skipped": p.skipped} for p in self.problems},
+                "loaders": {name: loader.state_dict() for name, loader in self.loaders.items()}}
+
+    def load_training_state(self, state: dict) -> None:
+        from .checkpoint import set_rng_state
+
+        for problem in self.problems:
+            saved = state["problems"][problem.name]
+            problem.load_state_dict(saved)
+            problem._count, problem.epoch_counter, problem.skipped = saved["count"], list(saved["epochs"]), saved["skipped"]
+        for name, loader in self.loaders.items():
+            loader.load_state_dict(state["loaders"][name])
+        self.global_step = self.last_save = state["step"]
+        set_rng_state(state["rng"])
 
 
 def three_level_dependencies(bottom, middle, top) -> tuple[dict, dict]:
@@ -88,7 +131,7 @@ def three_level_dependencies(bottom, middle, top) -> tuple[dict, dict]:
 
 
 def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, device: str, train_iters: int,
-                 d1_ids=None) -> ProgressEngine:
+                 d1_ids=None, top_loader=None) -> ProgressEngine:
     """The Betty graph: u2l {attention: [weights]}, l2u {weights: [attention]}; with settings.levels == 3
     a data-weighting node on top (three_level_dependencies), whose ids are d1_ids (D1's 'idx' column)."""
     from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
@@ -125,9 +168,11 @@ def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, d
             raise ValueError("three levels need d1_ids, the ids ('idx' column) of the D1 examples")
         example_weights = ExampleWeights(len(d1_ids), ids=d1_ids)
         data_optimizer = adam(example_weights.parameters(), settings.data_weight_lr, 0.0)
-        data = DataWeighting("data", upper_config(), example_weights, data_optimizer, None, d2_loader, model=model)
+        data = DataWeighting("data", upper_config(), example_weights, data_optimizer, None, top_loader or d2_loader, model=model)
         problems.append(data)
         u2l, l2u = three_level_dependencies(weights, attention, data)
+    for problem in problems:
+        problem.skip_nonfinite = settings.skip_nonfinite
     engine = ProgressEngine(
         problems=problems,
         config=EngineConfig(train_iters=train_iters, strategy="gpu" if device.startswith("cuda") else "cpu", logger_type="none"),
@@ -137,11 +182,28 @@ def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, d
 
 
 def run_phase1(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, device: str, d1_ids=None,
-               desc: str = "phase 1 (BLO)") -> dict:
-    """Bi-level optimization for settings.epochs passes over D1; returns step counts."""
+               desc: str = "phase 1 (BLO)", stage=None, top_loader=None) -> dict:
+    """Bi-level optimization for settings.epochs passes over D1; returns step counts.
+
+    The loaders are checkpoint.ResumableLoader (or plain DataLoaders when nothing is saved); the top
+    node of three levels reads D2 through `top_loader` (default: d2_loader itself, shared with the
+    attention node; give it its own to save checkpoints).
+    `stage` (checkpoint.Stage) saves progress and, on --resume, continues it or skips a finished phase.
+    """
+    if stage is not None and stage.finished:
+        return stage.restore_finished(model, mixup)
     train_iters = max(1, math.ceil(len(d1_loader) * settings.epochs))
-    engine = build_engine(model, mixup, d1_loader, d2_loader, settings, device=device, train_iters=train_iters, d1_ids=d1_ids)
-    engine.progress = tqdm(total=train_iters, desc=desc, unit="step", leave=False)
+    if settings.unroll_steps > train_iters:
+        raise UserError(f"--unroll-steps {settings.unroll_steps} is more than the {train_iters} lower steps of phase 1, so "
+                        "the attention would never be updated; lower --unroll-steps or raise --phase1-epochs")
+    engine = build_engine(model, mixup, d1_loader, d2_loader, settings, device=device, train_iters=train_iters,
+                          d1_ids=d1_ids, top_loader=top_loader)
+    engine.stage, engine.unroll_steps = stage, settings.unroll_steps
+    engine.loaders = {name: loader for name, loader in (("d1", d1_loader), ("d2", d2_loader), ("top", top_loader))
+                      if hasattr(loader, "state_dict")}
+    if stage is not None and stage.state is not None:
+        engine.load_training_state(stage.state)
+    engine.progress = tqdm(total=train_iters, initial=engine.global_step, desc=desc, unit="step", leave=False)
     try:
         engine.run()
     finally:
@@ -154,4 +216,6 @@ def run_phase1(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, dev
         stats["example_weights"] = {"mean": float(values.mean()), "std": float(values.std()),
                                     "min": float(values.min()), "max": float(values.max()),
                                     "by_id": {i: float(w) for i, w in zip(example_weights.ids, values.tolist())}}
+    if stage is not None:
+        stage.finish(model, mixup, stats)
     return stats

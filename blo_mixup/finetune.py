@@ -11,9 +11,11 @@ from typing import Any
 import torch
 
 from . import __version__
+from .checkpoint import Checkpointer
 from .config import RunConfig, small_model_lr, to_dict, validate_run_config
+from .errors import UserError
 from .runs import MODEL_DIR, RESULTS, prepare_output_dir, save_pretrained_atomic, write_json_atomic
-from .training import RunContext, evaluate
+from .training import NonFiniteError, RunContext, evaluate
 
 
 def default_output_dir(run: RunConfig) -> Path:
@@ -54,13 +56,23 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
 
     validate_run_config(run)
     get_task(run.task)  # an unknown task fails before anything is written
-    output_dir = prepare_output_dir(run.output_dir or default_output_dir(run), run.overwrite)
+    output_dir = prepare_output_dir(run.output_dir or default_output_dir(run), run.overwrite, run.resume)
+    checkpoints = None
+    if run.save_steps > 0 or run.resume:
+        run_values = {**to_dict(run), "method_options": dataclasses.asdict(method.options)}
+        checkpoints = Checkpointer.for_run(output_dir, run_values, save_steps=run.save_steps, resume=run.resume)
     started = time.perf_counter()
     model, ctx = build_context(run, method, output_dir)
+    ctx.checkpoints = checkpoints
     set_seed(run.seed)
     model = method.prepare_model(model, ctx)
     train_started = time.perf_counter()
-    stats = method.fit(model, ctx)
+    try:
+        stats = method.fit(model, ctx)
+    except NonFiniteError as error:
+        last = checkpoints.last_good() if checkpoints else "none (--save-steps 0)"
+        raise UserError(f"{error}; last good checkpoint: {last}. Lower --lr (now {ctx.lr:g}) or --outer-lr and "
+                        f"start over with --overwrite, or skip such steps: --resume --skip-nonfinite N") from None
     train_time = time.perf_counter() - train_started
     model = method.finalize_model(model)
     metrics = evaluate(model, ctx)
@@ -84,6 +96,8 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
         "environment": environment(ctx.device),
     }
     write_json_atomic(output_dir / RESULTS, results)
+    if checkpoints is not None:
+        checkpoints.remove()  # the run is complete: results.json and the model are what it keeps
     return results
 
 

@@ -22,6 +22,8 @@ Betty's add-then-subtract drifts by rounding. See docs/hypergradients.md.
 """
 
 import math
+import re
+from contextlib import contextmanager
 from dataclasses import fields
 
 import torch
@@ -363,6 +365,26 @@ def conjugate_gradient(vector, lower_grad, lower_params, iterations):
     return x
 
 
+# What autograd says when a layer has no second derivative (fused attention kernels, CuDNN RNNs,
+# once_differentiable Functions).
+_NO_DOUBLE_BACKWARD = re.compile(r"double backward|derivative for .* is not implemented|differentiate twice", re.I)
+
+
+@contextmanager
+def _double_backward(method):
+    """Turn autograd's 'no second derivative' RuntimeError into a UserError naming the fix."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not _NO_DOUBLE_BACKWARD.search(str(error)):
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(
+            f"the '{method}' hypergradient needs second derivatives, which this model lacks ({reason}); "
+            "use --hypergradient darts or sama, or load the model with attn_implementation=\"eager\""
+        ) from error
+
+
 def neumann(vector, curr, prev, sync):
     """Implicit hypergradient with H^-1 v from a truncated Neumann series.
 
@@ -370,10 +392,11 @@ def neumann(vector, curr, prev, sync):
     """
     _check_strategy(curr, "neumann")
     _check_no_lower_problems(curr, "neumann")
-    lower_params, lower_grad = _lower_gradient_with_graph(curr)
-    config = curr.config
-    x = neumann_inverse_hvp(vector, lower_grad, lower_params, config.neumann_iterations, config.neumann_alpha)
-    return _mixed_product(lower_grad, x, prev, sync)
+    with _double_backward("neumann"):
+        lower_params, lower_grad = _lower_gradient_with_graph(curr)
+        config = curr.config
+        x = neumann_inverse_hvp(vector, lower_grad, lower_params, config.neumann_iterations, config.neumann_alpha)
+        return _mixed_product(lower_grad, x, prev, sync)
 
 
 def cg(vector, curr, prev, sync):
@@ -384,9 +407,10 @@ def cg(vector, curr, prev, sync):
     """
     _check_strategy(curr, "cg")
     _check_no_lower_problems(curr, "cg")
-    lower_params, lower_grad = _lower_gradient_with_graph(curr)
-    x = conjugate_gradient(vector, lower_grad, lower_params, curr.config.cg_iterations)
-    return _mixed_product(lower_grad, x, prev, sync)
+    with _double_backward("cg"):
+        lower_params, lower_grad = _lower_gradient_with_graph(curr)
+        x = conjugate_gradient(vector, lower_grad, lower_params, curr.config.cg_iterations)
+        return _mixed_product(lower_grad, x, prev, sync)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -435,17 +435,21 @@ def attach_weight_mixup(model: nn.Module, config: MixupConfig | None = None) -> 
                 "be mixed; exclude that module (exclude_modules) or target both"
             )
 
+    if config.granularity == "rank":  # checked on every matrix before any is changed
+        smallest = min(groups.values(), key=lambda group: min(model.get_submodule(group[0]).weight.shape))
+        shape = tuple(model.get_submodule(smallest[0]).weight.shape)
+        if config.rank > min(shape):
+            raise UserError(
+                f"mixup rank {config.rank} exceeds the smallest mixed weight matrix, '{smallest[0]}' of shape "
+                f"{shape[0]} x {shape[1]}; choose a rank of at most {min(shape)} (--mixup-rank {min(shape)} or less)"
+            )
+
     attentions, module_names = {}, {}
     for group in groups.values():
         first = model.get_submodule(group[0])
         weight = first.weight
         transposed = not isinstance(first, nn.Linear)  # Conv1D stores (in, out)
         in_features, out_features = weight.shape if transposed else weight.shape[::-1]
-        if config.granularity == "rank" and config.rank > min(out_features, in_features):
-            raise UserError(
-                f"mixup rank {config.rank} exceeds min(out, in) = {min(out_features, in_features)} "
-                f"of module '{group[0]}'; choose rank <= {min(out_features, in_features)}"
-            )
         attention = _Attention(
             config, out_features, in_features, transposed, weight.device, weight.dtype
         )

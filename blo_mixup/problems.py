@@ -30,7 +30,30 @@ def per_example_loss(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-class TaskWeights(ImplicitProblem):
+class FiniteUpdates:
+    """Betty problem mixin: a NaN/Inf gradient stops training with the step, or, while fewer than
+    `skip_nonfinite` updates were skipped, skips this update (the step counters move on)."""
+
+    skip_nonfinite = 0
+    skipped = 0
+
+    def optimizer_step(self, *args, **kwargs):
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if torch.isfinite(norm):
+            return super().optimizer_step(*args, **kwargs)
+        from .training import NonFiniteError
+
+        self.skipped += 1
+        error = NonFiniteError(f"gradient norm of the '{self.name}' problem", norm.item(), self._global_step, "phase 1 (BLO)")
+        if self.skipped > self.skip_nonfinite:
+            raise error
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"skipped: {error} ({self.skipped} of at most {self.skip_nonfinite})")
+
+
+class TaskWeights(FiniteUpdates, ImplicitProblem):
     """Lower level: W*(A) = argmin_W L(D1; A*W + (1-A)*W0). The module is the mixed model.
 
     weight_decay: AdamW decay on matrices (not on biases and LayerNorms); the groups are handed to
@@ -59,7 +82,7 @@ class TaskWeights(ImplicitProblem):
         return default_param_groups(self.module.named_parameters(), self.weight_decay, self.lr)
 
 
-class SingleBackwardUpper(ImplicitProblem):
+class SingleBackwardUpper(FiniteUpdates, ImplicitProblem):
     """An upper problem whose direct gradient and hypergradient vector come from ONE backward pass.
 
     Betty differentiates the upper loss twice: once for its own parameters (dL/dA), then again, in

@@ -19,16 +19,20 @@ def is_finished(output_dir: str | Path) -> bool:
     return (Path(output_dir) / RESULTS).is_file()
 
 
-def prepare_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
-    """Create the run folder; a finished run in it is only replaced with --overwrite.
-
-    A folder without results.json holds an unfinished run (killed or failed) and is reused.
+def prepare_output_dir(output_dir: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Create the run folder. A finished run in it is only replaced with --overwrite; the checkpoints
+    of a killed run are only continued with --resume or discarded with --overwrite.
     """
+    from .checkpoint import has_checkpoints
+
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output-dir {output_dir} is a file; choose a folder path")
     if is_finished(output_dir) and not overwrite:
         raise UserError(f"{output_dir} already holds a finished run ({RESULTS}); pass --overwrite to replace it or choose another --output-dir")
+    if has_checkpoints(output_dir) and not (resume or overwrite):
+        raise UserError(f"{output_dir} holds the checkpoints of an unfinished run; pass --resume to continue it, "
+                        "or --overwrite to start over")
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
 

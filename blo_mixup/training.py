@@ -33,6 +33,7 @@ class RunContext:
     device: torch.device
     output_dir: Path
     lr: float
+    checkpoints: Any = None  # checkpoint.Checkpointer, or None: save nothing
 
     def tokenize(self, dataset):
         from .data import tokenize
@@ -89,17 +90,22 @@ def model_loss(model, batch: dict):
     return model(**model_inputs(batch)).loss
 
 
+class NonFiniteError(UserError):
+    """A NaN or Inf loss or gradient; finetune adds where the last good checkpoint is."""
+
+    def __init__(self, what: str, value, step: int, stage: str):
+        self.step, self.stage = step, stage
+        super().__init__(f"the {what} became {value} at step {step} of {stage}")
+
+
 def check_finite(loss, step: int, where: str = "training") -> None:
     if not torch.isfinite(loss).all():
-        raise UserError(
-            f"the {where} loss became {loss.item()} at step {step}; lower --lr (or --outer-lr), "
-            "or check the data for empty or extreme examples"
-        )
+        raise NonFiniteError(f"{where} loss", loss.item(), step, where)
 
 
-def iterate_batches(loader, total_steps: int):
-    """Yield (step, batch) for exactly total_steps batches, re-iterating the loader per epoch."""
-    step = 0
+def iterate_batches(loader, total_steps: int, start: int = 0):
+    """Yield (step, batch) for steps start+1 .. total_steps, re-iterating the loader per epoch."""
+    step = start
     while step < total_steps:
         for batch in loader:
             step += 1
@@ -116,6 +122,7 @@ class Optimization:
     scheduler: Any
     params: list
     max_grad_norm: float
+    skipped: int = 0  # steps skipped for a NaN/Inf loss or gradient (--skip-nonfinite)
 
     @classmethod
     def build(cls, model, method, ctx: RunContext, *, lr: float, total_steps: int, max_grad_norm: float):
@@ -125,13 +132,17 @@ class Optimization:
         return cls(optimizer, scheduler, params, max_grad_norm)
 
 
-def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: Optimization) -> float:
-    """One optimizer step through the method's hooks; returns the loss."""
+def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: Optimization,
+                  stage: str = "training") -> float | None:
+    """One optimizer step through the method's hooks; returns the loss (None: step skipped)."""
     loss = method.loss(model, batch, ctx)
-    check_finite(loss, step)
+    if not torch.isfinite(loss):
+        return skip_nonfinite(ctx, opt, NonFiniteError("training loss", loss.item(), step, stage))
     loss.backward()
     if opt.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(opt.params, opt.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(opt.params, opt.max_grad_norm)
+        if not torch.isfinite(norm):
+            return skip_nonfinite(ctx, opt, NonFiniteError("gradient norm", norm.item(), step, stage))
     method.before_optimizer_step(model, step, ctx)
     opt.optimizer.step()
     opt.scheduler.step()
@@ -140,23 +151,64 @@ def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: O
     return loss.item()
 
 
+def skip_nonfinite(ctx: RunContext, opt: Optimization, error: NonFiniteError) -> None:
+    """Skip the step (no update; the schedule moves on) while --skip-nonfinite allows, else stop."""
+    opt.skipped += 1
+    if opt.skipped > getattr(ctx.run, "skip_nonfinite", 0):
+        raise error
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scheduler.step()
+    tqdm.write(f"skipped: {error} ({opt.skipped} of at most {ctx.run.skip_nonfinite})")
+    return None
+
+
 def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr: float, max_grad_norm: float | None = None,
                desc: str = "train") -> dict[str, Any]:
-    """Fine-tune `model` on `train_data` with AdamW and a linear warmup schedule, through `method`'s hooks."""
+    """Fine-tune `model` on `train_data` with AdamW and a linear warmup schedule, through `method`'s hooks.
+
+    One checkpoint stage (checkpoint.py): saves every --save-steps steps; on --resume it continues
+    from the last save, or returns at once (with the saved end state) if it had finished.
+    """
+    from .checkpoint import ResumableLoader, set_rng_state, stage_for
+
     total_steps = steps_for(len(train_data), ctx.run.batch_size, epochs)
     opt = Optimization.build(model, method, ctx, lr=lr, total_steps=total_steps,
                              max_grad_norm=ctx.run.max_grad_norm if max_grad_norm is None else max_grad_norm)
     model.to(ctx.device).train()
-    losses = []
+    stage = stage_for(ctx, desc)
+    if stage.finished:
+        return stage.restore_finished(model, method)
+    loader = ResumableLoader(ctx.loader(train_data))
+    start_step, losses, elapsed = 0, [], 0.0
+    if stage.state is not None:  # --resume: continue from the last save
+        state = stage.state
+        method.load_state_dict(state["method"])  # first: it may reshape buffers of the model
+        model.load_state_dict(state["model"])
+        opt.optimizer.load_state_dict(state["optimizer"])
+        opt.scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        start_step, losses, elapsed, opt.skipped = state["step"], state["losses"], state["elapsed"], state["skipped"]
+        set_rng_state(state["rng"])
     start = time.perf_counter()
-    progress = tqdm(total=total_steps, desc=desc, unit="step", leave=False)
-    for step, batch in iterate_batches(ctx.loader(train_data), total_steps):
-        losses.append(training_step(model, method, ctx, to_device(batch, ctx.device), step, opt))
+    progress = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", leave=False)
+    for step, batch in iterate_batches(loader, total_steps, start=start_step):
+        loss = training_step(model, method, ctx, to_device(batch, ctx.device), step, opt, desc)
+        if loss is not None:
+            losses.append(loss)
+            progress.set_postfix(loss=f"{loss:.4f}")
         progress.update(1)
-        progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        if stage.due(step) and step < total_steps:
+            stage.save(step, model=model.state_dict(), method=method.state_dict(), optimizer=opt.optimizer.state_dict(),
+                       scheduler=opt.scheduler.state_dict(), loader=loader.state_dict(), losses=losses,
+                       elapsed=elapsed + time.perf_counter() - start, skipped=opt.skipped)
     progress.close()
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"steps": total_steps, "train_time_s": time.perf_counter() - start, "final_train_loss": sum(tail) / len(tail)}
+    tail = losses[-max(1, len(losses) // 10):] or [math.nan]
+    stats = {"steps": total_steps, "train_time_s": elapsed + time.perf_counter() - start,
+             "final_train_loss": sum(tail) / len(tail)}
+    if opt.skipped:
+        stats["skipped_steps"] = opt.skipped
+    stage.finish(model, method, stats)
+    return stats
 
 
 def mean_squared_gradients(model, batches, loss_fn, params: dict) -> dict:

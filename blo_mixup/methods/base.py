@@ -79,6 +79,15 @@ class Method:
         """Extra method-specific fields for results.json."""
         return {}
 
+    # --- checkpoints (checkpoint.py) ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the method changes during training besides the model's weights (masks, counters):
+        saved in checkpoints so that --resume continues exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict() returned."""
+
 
 METHODS: dict[str, type[Method]] = {}
 

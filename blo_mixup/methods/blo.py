@@ -19,7 +19,7 @@ HYPERGRADIENT_CHOICES = ("darts", "neumann", "cg", "sama")
 
 @dataclass
 class BloMixupOptions:
-    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: darts, neumann, cg or sama", "choices": HYPERGRADIENT_CHOICES})
+    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: darts, neumann, cg or sama"})  # checked in validate, with a suggestion
     hypergradient_iterations: int | None = field(default=None, metadata={"help": "Neumann/CG iterations (default: the method's, see docs/hypergradients.md)"})
     hypergradient_alpha: float | None = field(default=None, metadata={"help": "Neumann/CG step size"})
     hypergradient_radius: float | None = field(default=None, metadata={"help": "DARTS/SAMA finite-difference radius (default 0.01)"})
@@ -72,6 +72,10 @@ class BloMixup(Method):
             raise UserError(f"--split-ratio must be strictly between 0 and 1; got {o.split_ratio}")
         if o.levels not in (2, 3):
             raise UserError(f"--levels must be 2 or 3; got {o.levels}")
+        if self.run is not None and (self.run.train_size or 0) > 0:  # fail before loading; split_two checks again
+            from ..data import split_sizes
+
+            split_sizes(self.run.train_size, o.split_ratio)
 
     def model_kwargs(self):
         from ..hypergradients import needs_double_backward
@@ -91,6 +95,7 @@ class BloMixup(Method):
         return model
 
     def fit(self, model, ctx):
+        from ..checkpoint import ResumableLoader, stage_for
         from ..data import split_two
         from ..engine import BLOSettings, run_phase1
         from ..training import train_loop
@@ -101,7 +106,8 @@ class BloMixup(Method):
             hypergradient_alpha=o.hypergradient_alpha, hypergradient_radius=o.hypergradient_radius,
             unroll_steps=o.unroll_steps, epochs=o.phase1_epochs or run.epochs, lower_lr=ctx.lr,
             lower_weight_decay=run.weight_decay, lower_warmup_ratio=run.warmup_ratio, lower_clip=o.inner_clip,
-            upper_lr=o.outer_lr, levels=o.levels, data_weight_lr=o.data_weight_lr)
+            upper_lr=o.outer_lr, levels=o.levels, data_weight_lr=o.data_weight_lr,
+            skip_nonfinite=run.skip_nonfinite)
         model.to(ctx.device)
         self.mixup.to(ctx.device)
         start_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(self.mixup.state_dict())) if o.folds > 1 else None
@@ -113,9 +119,11 @@ class BloMixup(Method):
             d1_raw, d2_raw = split_two(ctx.train_raw, o.split_ratio, run.seed + 1000 * fold, ctx.task)
             d1, d2 = ctx.tokenize(d1_raw), ctx.tokenize(d2_raw)
             desc = "phase 1 (BLO)" if o.folds == 1 else f"phase 1 (BLO), fold {fold + 1}/{o.folds}"
+            top = ResumableLoader(ctx.loader(d2, seed_offset=201 + fold)) if o.levels == 3 else None
             self.stats["phase1"] = run_phase1(
-                model, self.mixup, ctx.loader(d1, seed_offset=1 + fold), ctx.loader(d2, seed_offset=101 + fold),
-                settings, device=str(ctx.device), d1_ids=d1["idx"], desc=desc)
+                model, self.mixup, ResumableLoader(ctx.loader(d1, seed_offset=1 + fold)),
+                ResumableLoader(ctx.loader(d2, seed_offset=101 + fold)), settings, device=str(ctx.device),
+                d1_ids=d1["idx"], desc=desc, stage=stage_for(ctx, desc), top_loader=top)
             self.stats["phase1"].update(d1_size=len(d1), d2_size=len(d2))
             if o.folds > 1:
                 fold_states.append((copy.deepcopy(model.state_dict()), copy.deepcopy(self.mixup.state_dict())))
@@ -136,6 +144,12 @@ class BloMixup(Method):
 
         torch.save(self.mixup.state_dict(), ctx.output_dir / "attention.pt")
         attention_plot(self.mixup.attention_stats(), ctx.output_dir / "attention.png")
+
+    def state_dict(self):
+        return {"mixup": self.mixup.state_dict()}
+
+    def load_state_dict(self, state):
+        self.mixup.load_state_dict(state["mixup"])
 
     def finalize_model(self, model):
         from ..mixup import merge_weight_mixup

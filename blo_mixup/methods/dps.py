@@ -121,6 +121,12 @@ class _DpsBase(Method):
     def after_optimizer_step(self, model, step, ctx):
         self.step = step + 1
 
+    def state_dict(self):
+        return {"step": self.step}
+
+    def load_state_dict(self, state):
+        self.step = state["step"]
+
     def remove_hooks(self) -> None:
         for hook in self.hooks:
             hook.remove()
@@ -152,6 +158,13 @@ class DpsDense(_DpsBase):
             else:
                 param.grad.mul_(self.masks[name].to(param.grad.device))
         return hook
+
+    def state_dict(self):
+        return {**super().state_dict(), "grad_sq": self.grad_sq, "masks": self.masks}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.grad_sq, self.masks = dict(state["grad_sq"]), dict(state["masks"])
 
     def begin_step(self) -> None:
         if not self.starts_stage():
@@ -213,6 +226,18 @@ class DpsMix(_DpsBase):
             original = module.parametrizations.weight.original
             self.hooks.append(original.register_post_accumulate_grad_hook(self._grad_hook(module)))
         return model
+
+    def state_dict(self):
+        # Scores, masks and targets are buffers of the model; which stage each layer is in, and the
+        # mask's shape (a column mask in stage I, a full one in II), are not. Loaded before the model.
+        mixings = [self.mixing(m) for m in self.targets.values()]
+        return {**super().state_dict(), "fixed": [m.fixed for m in mixings], "mask_shapes": [tuple(m.mask.shape) for m in mixings]}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        for module, fixed, shape in zip(self.targets.values(), state["fixed"], state["mask_shapes"]):
+            mix = self.mixing(module)
+            mix.fixed, mix.mask = fixed, torch.ones(shape, dtype=mix.mask.dtype, device=mix.mask.device)
 
     @staticmethod
     def mixing(module) -> MixoutWeight:

@@ -96,6 +96,12 @@ class _DynamicsRecorder(Method):
         self.regression = regression
         self.records: dict[int, list[float]] = defaultdict(list)
 
+    def state_dict(self):
+        return {"records": dict(self.records)}
+
+    def load_state_dict(self, state):
+        self.records = defaultdict(list, {int(k): list(v) for k, v in state["records"].items()})
+
     def loss(self, model, batch, ctx):
         from ..training import model_inputs
 

@@ -1,0 +1,160 @@
+"""Faults: a run killed at any point continues with --resume to the very same weights and numbers;
+NaN/Inf losses stop with the step and the last good checkpoint, or are skipped when asked."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import blo_mixup.engine as engine_module
+import blo_mixup.training as training_module
+from blo_mixup.cli import main
+from tests.test_cli import assert_one_line_error, finetune_args, run_main
+
+# Steps of the tiny runs below: 32 examples, batch 8, 2 epochs = 8 shared-loop steps; blo-mixup:
+# phase 1 = 2 epochs over D1 (26 examples: 4 steps each), then phase 2 = 8 steps.
+CASES = {
+    "vanilla": [],
+    "mixout": ["--method", "mixout"],
+    "child-tuning-d": ["--method", "child-tuning-d"],
+    "dps-dense": ["--method", "dps-dense", "--dps-update-ratio", "0.25"],
+    "dps-mix": ["--method", "dps-mix", "--dps-update-ratio", "0.25"],
+    "r3f": ["--method", "r3f"],
+    "ftft": ["--method", "ftft"],
+    "blo-mixup": ["--method", "blo-mixup"],
+    "blo-mixup-unroll2-neumann": ["--method", "blo-mixup", "--unroll-steps", "2", "--hypergradient", "neumann"],
+    "blo-mixup-3-levels": ["--method", "blo-mixup", "--levels", "3"],
+    "blo-mixup-2-folds": ["--method", "blo-mixup", "--folds", "2", "--phase2-epochs", "1"],
+}
+
+
+def args_for(glue_dir, model_dir, out, extra):
+    args = finetune_args(glue_dir, model_dir, out, "--train-size", 32, "--epochs", 2, "--save-steps", 3, *extra)
+    return args
+
+
+def comparable(run_dir: Path) -> tuple[dict, dict]:
+    """results.json without timings or paths, and the saved model's tensors."""
+    results = json.loads((run_dir / "results.json").read_text())
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.endswith("time_s") and k not in ("output_dir", "environment", "resume")}
+        return value
+
+    return strip(results), load_file(run_dir / "model" / "model.safetensors")
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    results_a, weights_a = comparable(a)
+    results_b, weights_b = comparable(b)
+    assert results_a == results_b
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+
+
+def crash_at(monkeypatch, n: int) -> None:
+    """Raise (like a kill) at the n-th training step, in the shared loop or in Betty's loop alike."""
+    calls = {"n": 0}
+    shared_step, betty_step = training_module.training_step, engine_module.ProgressEngine.train_step
+
+    def count():
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise SystemExit("killed")
+
+    def step(*args, **kwargs):
+        count()
+        return shared_step(*args, **kwargs)
+
+    def engine_step(self):
+        count()
+        return betty_step(self)
+
+    monkeypatch.setattr(training_module, "training_step", step)
+    monkeypatch.setattr(engine_module.ProgressEngine, "train_step", engine_step)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_after_a_crash_gives_the_same_run(case, glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    extra = CASES[case]
+    assert main(args_for(glue_dir, tiny_bert_dir, tmp_path / "whole", extra)) == 0
+    assert not (tmp_path / "whole" / "checkpoints").exists()  # removed once the run is complete
+    # A crash between saves: in the first stage, then (blo-mixup) in phase 2 or the second fold.
+    for n in (5, 11) if case.startswith("blo-mixup") else (5,):
+        out = tmp_path / f"crashed-{n}"
+        with monkeypatch.context() as patch:
+            crash_at(patch, n)
+            with pytest.raises(SystemExit):
+                main(args_for(glue_dir, tiny_bert_dir, out, extra))
+        assert list((out / "checkpoints").glob("stage*.pt")) and not (out / "results.json").exists()
+        assert main(args_for(glue_dir, tiny_bert_dir, out, extra) + ["--resume"]) == 0
+        assert_same_run(tmp_path / "whole", out)
+
+
+def test_kill_9_then_resume(glue_dir, tiny_bert_dir, tmp_path):
+    """A real SIGKILL of the command in a subprocess, once a checkpoint is on disk, then --resume."""
+    extra = ["--method", "blo-mixup", "--save-steps", 1]
+    assert main(args_for(glue_dir, tiny_bert_dir, tmp_path / "whole", extra)) == 0
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "blo_mixup.cli", *args_for(glue_dir, tiny_bert_dir, out, extra)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "stage1.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # stage1 = phase 2: phase 1 finished, phase 2 under way
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "results.json").exists(), "the run finished before it could be killed"
+    assert main(args_for(glue_dir, tiny_bert_dir, out, extra) + ["--resume"]) == 0
+    assert_same_run(tmp_path / "whole", out)
+
+
+def test_resume_refuses_other_options(glue_dir, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        crash_at(patch, 5)
+        with pytest.raises(SystemExit):
+            main(args_for(glue_dir, tiny_bert_dir, out, []))
+    result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, ["--lr", "3e-4", "--resume"]))
+    assert_one_line_error(result, "--resume", "lr", "--overwrite")
+    result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, []))
+    assert_one_line_error(result, "checkpoints", "--resume", "--overwrite")
+    result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, ["--resume", "--overwrite"]))
+    assert_one_line_error(result, "--resume", "--overwrite")
+    assert (out / "checkpoints").is_dir()  # nothing written is lost by a refused command
+    assert main(args_for(glue_dir, tiny_bert_dir, out, ["--overwrite"])) == 0
+
+
+def test_nan_names_the_step_and_the_last_checkpoint(glue_dir, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    """A NaN loss at step 5 (after the save at step 3) stops the run; --skip-nonfinite skips it."""
+    original = training_module.model_loss
+    calls, poisoned = {"n": 0}, {}
+
+    def loss_nan_at_step_5(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            poisoned["ids"] = batch["idx"].tolist()  # the 5th batch is NaN, in this run and the resumed one
+        loss = original(model, batch)
+        return loss * float("nan") if batch["idx"].tolist() == poisoned.get("ids") else loss
+
+    monkeypatch.setattr(training_module, "model_loss", loss_nan_at_step_5)
+    out = tmp_path / "out"
+    result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, []))
+    assert_one_line_error(result, "loss became nan at step 5", "stage0.pt", "step 3", "--lr", "--skip-nonfinite")
+    result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, ["--resume", "--skip-nonfinite", 1]))
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["skipped_steps"] == 1
+
+
+def test_nan_in_phase_1_stops_with_the_step(glue_dir, tiny_bert_dir, tmp_path, capsys):
+    result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, tmp_path / "out", ["--method", "blo-mixup", "--lr", "1e30"]))
+    assert_one_line_error(result, "phase 1", "at step", "last good checkpoint", "--lr")
