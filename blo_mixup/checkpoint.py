@@ -17,7 +17,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from .runs import temporary_beside
+
+    fd, tmp = temporary_beside(path)
     os.close(fd)
     try:
         torch.save(obj, tmp)

@@ -105,6 +105,8 @@ def cmd_finetune(args) -> int:
 
     run, method = resolve_finetune(args)
     results = run_finetune(run, method)
+    if results is None:  # another process than rank 0 of --strategy distributed: rank 0 reports
+        return 0
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in results["metrics"].items())
     print(f"{results['task']} {results['method']} seed {results['seed']} ({results['train_size']} examples): "
           f"dev {metrics}; train {results['train_time_s']:.1f} s; run saved in {results['config']['output_dir']}")

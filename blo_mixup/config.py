@@ -42,6 +42,7 @@ class RunConfig:
     skip_nonfinite: int = field(default=0, metadata={"help": "skip up to this many steps whose loss or gradient is NaN/Inf, then stop; 0 = stop at the first"})
     save_model: bool = field(default=True, metadata={"help": "save the fine-tuned model (save_pretrained) in <output-dir>/model"})
     device: str | None = field(default=None, metadata={"help": "torch device; default CUDA when present, else CPU"})
+    strategy: str = field(default="default", metadata={"help": "default: one process; distributed: data parallel over the processes torchrun starts (docs/robustness.md)", "choices": ("default", "distributed")})
 
 
 def small_model_lr(num_parameters: int) -> float:
@@ -145,6 +146,9 @@ def validate_run_config(run: RunConfig) -> None:
     check_positive("max_grad_norm", run.max_grad_norm, allow_zero=True)
     check_positive("save_steps", run.save_steps, allow_zero=True)
     check_positive("skip_nonfinite", run.skip_nonfinite, allow_zero=True)
+    if run.strategy == "distributed" and run.resume:
+        raise UserError("--resume does not work with --strategy distributed yet (no checkpoints are written there); "
+                        "run without --resume, or resume single-process runs only")
     if run.resume and run.overwrite:
         raise UserError("--resume continues the run in --output-dir and --overwrite starts it over; give one of them")
     if not 0 <= run.warmup_ratio < 1:

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
 from betty.configs import Config, EngineConfig
 from betty.engine import Engine
-from tqdm.auto import tqdm
 
+from .distributed import world_size
 from .errors import UserError
 from .hypergradients import hypergradient_config
-from .training import default_param_groups
+from .training import default_param_groups, progress_bar
 from .problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
 
 
@@ -76,6 +77,27 @@ class ProgressEngine(Engine):
     loaders: dict = {}  # name -> checkpoint.ResumableLoader
     unroll_steps = 1
     last_save = 0
+
+    def __init__(self, *args, device: str = "cpu", **kwargs):
+        self.run_device = device  # read by configure_systems, which Engine.__init__ calls
+        super().__init__(*args, **kwargs)
+
+    def configure_systems(self):
+        if self._strategy != "distributed":
+            return super().configure_systems()
+        # Betty's own set-up starts the process group and assumes one CUDA device per process; here
+        # the group is already up (blo_mixup.distributed.start) and the device given: CPU (gloo) too.
+        import torch.distributed as dist
+
+        self._world_size, self._rank = dist.get_world_size(), dist.get_rank()
+        self._local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = self.run_device
+        return {"strategy": self._strategy, "backend": dist.get_backend(), "world_size": self._world_size,
+                "rank": self._rank, "local_rank": self._local_rank}
+
+    def cleanup(self):
+        if self._strategy != "distributed":  # the process group outlives phase 1 (phase 2, evaluation)
+            super().cleanup()
 
     def save_due(self) -> bool:
         """--save-steps steps since the last save, at the end of an unroll cycle, before the last step."""
@@ -175,7 +197,9 @@ def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, d
         problem.skip_nonfinite = settings.skip_nonfinite
     engine = ProgressEngine(
         problems=problems,
-        config=EngineConfig(train_iters=train_iters, strategy="gpu" if device.startswith("cuda") else "cpu", logger_type="none"),
+        config=EngineConfig(train_iters=train_iters, logger_type="none",
+                            strategy="distributed" if world_size() > 1 else "gpu" if device.startswith("cuda") else "cpu"),
+        device=device,
         dependencies={"u2l": u2l, "l2u": l2u},
     )
     return engine
@@ -203,7 +227,7 @@ def run_phase1(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, dev
                       if hasattr(loader, "state_dict")}
     if stage is not None and stage.state is not None:
         engine.load_training_state(stage.state)
-    engine.progress = tqdm(total=train_iters, initial=engine.global_step, desc=desc, unit="step", leave=False)
+    engine.progress = progress_bar(train_iters, engine.global_step, desc)
     try:
         engine.run()
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import Checkpointer
 from .config import RunConfig, small_model_lr, to_dict, validate_run_config
 from .errors import UserError
@@ -56,24 +56,31 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
 
     validate_run_config(run)
     get_task(run.task)  # an unknown task fails before anything is written
+    processes = device = None
+    if run.strategy == "distributed":
+        processes, device = distributed.start(run.device)
     output_dir = prepare_output_dir(run.output_dir or default_output_dir(run), run.overwrite, run.resume)
     checkpoints = None
-    if run.save_steps > 0 or run.resume:
+    if (run.save_steps > 0 or run.resume) and processes is None:  # no checkpoints on several processes (yet)
         run_values = {**to_dict(run), "method_options": dataclasses.asdict(method.options)}
         checkpoints = Checkpointer.for_run(output_dir, run_values, save_steps=run.save_steps, resume=run.resume)
     started = time.perf_counter()
     model, ctx = build_context(run, method, output_dir)
-    ctx.checkpoints = checkpoints
+    ctx.checkpoints, ctx.processes = checkpoints, processes
+    ctx.device = device or ctx.device
     set_seed(run.seed)
     model = method.prepare_model(model, ctx)
     train_started = time.perf_counter()
     try:
         stats = method.fit(model, ctx)
     except NonFiniteError as error:
-        last = checkpoints.last_good() if checkpoints else "none (--save-steps 0)"
+        last = checkpoints.last_good() if checkpoints else "none (--save-steps 0 or --strategy distributed)"
         raise UserError(f"{error}; last good checkpoint: {last}. Lower --lr (now {ctx.lr:g}) or --outer-lr and "
                         f"start over with --overwrite, or skip such steps: --resume --skip-nonfinite N") from None
     train_time = time.perf_counter() - train_started
+    if processes is not None and not processes.is_main:  # rank 0 evaluates and writes
+        distributed.stop()
+        return None
     model = method.finalize_model(model)
     metrics = evaluate(model, ctx)
     if run.save_model:
@@ -93,11 +100,13 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
         **method.results(),
         "config": {**to_dict(run), "output_dir": str(output_dir), "method_options": dataclasses.asdict(method.options)},
         "model_dir": MODEL_DIR if run.save_model else None,
-        "environment": environment(ctx.device),
+        "environment": {**environment(ctx.device), "processes": processes.world_size if processes else 1},
     }
     write_json_atomic(output_dir / RESULTS, results)
     if checkpoints is not None:
         checkpoints.remove()  # the run is complete: results.json and the model are what it keeps
+    if processes is not None:
+        distributed.stop()
     return results
 
 

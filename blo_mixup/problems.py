@@ -18,6 +18,7 @@ from betty.hypergradient import jvp_fn_mapping
 from betty.problems import ImplicitProblem
 from betty.utils import replace_none_with_zero
 
+from .distributed import all_reduce_weighted, share_of
 from .training import default_param_groups, model_inputs
 
 
@@ -30,15 +31,44 @@ def per_example_loss(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-class FiniteUpdates:
-    """Betty problem mixin: a NaN/Inf gradient stops training with the step, or, while fewer than
-    `skip_nonfinite` updates were skipped, skips this update (the step counters move on)."""
+class BloProblem:
+    """Betty problem mixin for this project's nodes.
+
+    - A NaN/Inf gradient stops training with the step, or, while fewer than `skip_nonfinite` updates
+      were skipped, skips this update (the step counters move on).
+    - Data parallel (Betty's "distributed" strategy, blo_mixup/distributed.py): no DDP wrapper and no
+      re-batching by Betty (the loaders are already sharded); gradients are averaged explicitly.
+    """
 
     skip_nonfinite = 0
     skipped = 0
+    averages_in_backward = False  # SingleBackwardUpper averages its gradients itself
+
+    def step_normal(self, global_step=None):
+        self._global_step = global_step  # Betty sets it for leaves only; error messages name it
+        return super().step_normal(global_step=global_step)
+
+    def patch_module(self):
+        self.module.to(self.device)
+        if self._strategy == "distributed":
+            self.synchronize_params(self.parameters())  # every process starts from rank 0's values
+
+    def patch_data_loader(self, loader):
+        return loader
+
+    def reduce(self, tensors, problem=None):
+        """Over processes: the share-weighted sum (the global batch's value) of `problem`'s tensors."""
+        if self._strategy != "distributed":
+            return list(tensors)
+        return all_reduce_weighted(list(tensors), share_of((problem or self).cur_batch))
 
     def optimizer_step(self, *args, **kwargs):
-        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        params = list(self.trainable_parameters())
+        if self._strategy == "distributed" and not self.averages_in_backward:
+            grads = self.reduce(replace_none_with_zero([p.grad for p in params], params))
+            for p, g in zip(params, grads):
+                p.grad = g
+        grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         if torch.isfinite(norm):
             return super().optimizer_step(*args, **kwargs)
@@ -53,7 +83,7 @@ class FiniteUpdates:
         tqdm.write(f"skipped: {error} ({self.skipped} of at most {self.skip_nonfinite})")
 
 
-class TaskWeights(FiniteUpdates, ImplicitProblem):
+class TaskWeights(BloProblem, ImplicitProblem):
     """Lower level: W*(A) = argmin_W L(D1; A*W + (1-A)*W0). The module is the mixed model.
 
     weight_decay: AdamW decay on matrices (not on biases and LayerNorms); the groups are handed to
@@ -82,7 +112,7 @@ class TaskWeights(FiniteUpdates, ImplicitProblem):
         return default_param_groups(self.module.named_parameters(), self.weight_decay, self.lr)
 
 
-class SingleBackwardUpper(FiniteUpdates, ImplicitProblem):
+class SingleBackwardUpper(BloProblem, ImplicitProblem):
     """An upper problem whose direct gradient and hypergradient vector come from ONE backward pass.
 
     Betty differentiates the upper loss twice: once for its own parameters (dL/dA), then again, in
@@ -95,31 +125,39 @@ class SingleBackwardUpper(FiniteUpdates, ImplicitProblem):
     own backward, which gives the same result with more passes.
     """
 
+    averages_in_backward = True
+
     def backward(self, loss, params, paths, create_graph=False, retain_graph=True, allow_unused=True):
         simple = (len(paths) > 0 and not create_graph and self._config.first_order
-                  and self._strategy in ("default", "cpu", "gpu") and self.gradient_accumulation_boundary())
+                  and self._strategy in ("default", "cpu", "gpu", "distributed") and self.gradient_accumulation_boundary())
         if not simple:  # Betty's own: one get_grads per path (same result, more passes)
             return super().backward(loss, params, paths, create_graph, retain_graph, allow_unused)
         starts = list({id(path[1]): path[1] for path in paths}.values())
         start_params = [problem.meta_trainable_parameters() for problem in starts]
         flat = [p for group in start_params for p in group]
+        # On several processes each vector is averaged before a hop and after it (the hop is linear
+        # in its vector and in its problem's batch), so the result is the global batch's.
         grads = torch.autograd.grad(loss, [*params, *flat], allow_unused=True)
-        self.set_grads(params, grads[: len(params)])
-        vectors, offset = {}, len(params)
+        direct, flat_vector = grads[: len(params)], replace_none_with_zero(grads[len(params):], flat)
+        if self._strategy == "distributed":
+            both = self.reduce([*replace_none_with_zero(direct, params), *flat_vector])
+            direct, flat_vector = both[: len(params)], both[len(params):]
+        self.set_grads(params, direct)
+        vectors, offset = {}, 0
         for problem, group in zip(starts, start_params):
-            vectors[id(problem)] = replace_none_with_zero(grads[offset: offset + len(group)], group)
+            vectors[id(problem)] = flat_vector[offset: offset + len(group)]
             offset += len(group)
         arriving = {}  # last hop's problem -> (problem, summed vector)
         for path in paths:
             vector = vectors[id(path[1])]
             for i in range(1, len(path) - 2):
-                vector = jvp_fn_mapping[path[i].config.type](vector, path[i], path[i + 1], False)
+                vector = self.reduce(jvp_fn_mapping[path[i].config.type](vector, path[i], path[i + 1], False), path[i])
             last = path[-2]
             if id(last) in arriving:
                 vector = [a + b for a, b in zip(arriving[id(last)][1], vector)]
             arriving[id(last)] = (last, vector)
         for last, vector in arriving.values():
-            self.set_grads(params, jvp_fn_mapping[last.config.type](vector, last, self, False))
+            self.set_grads(params, self.reduce(jvp_fn_mapping[last.config.type](vector, last, self, False), last))
 
 
 class MixupAttention(SingleBackwardUpper):

@@ -37,11 +37,21 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool, resume: bool = F
     return output_dir
 
 
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file next to `path` (same file system, so os.replace is atomic), with the usual
+    permissions (mkstemp makes it owner-only)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename: readers see the old file or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
@@ -56,7 +66,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -70,6 +80,9 @@ def save_pretrained_atomic(model, tokenizer, target: str | Path) -> None:
     """save_pretrained into a temporary sibling folder, then swap it in place of `target`."""
     target = Path(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:

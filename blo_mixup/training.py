@@ -34,6 +34,7 @@ class RunContext:
     output_dir: Path
     lr: float
     checkpoints: Any = None  # checkpoint.Checkpointer, or None: save nothing
+    processes: Any = None  # distributed.Processes with --strategy distributed, else None
 
     def tokenize(self, dataset):
         from .data import tokenize
@@ -52,6 +53,17 @@ class RunContext:
             collate_fn=collator(self.tokenizer),
             generator=generator,
         )
+
+
+    def train_loader(self, dataset, *, seed_offset: int = 0):
+        """Training batches: resumable (checkpoint.py) and, on several processes, this one's slice."""
+        from .checkpoint import ResumableLoader
+        from .distributed import ShardedLoader
+
+        loader = ResumableLoader(self.loader(dataset, seed_offset=seed_offset))
+        if self.processes is not None and self.processes.world_size > 1:
+            return ShardedLoader(loader, self.processes.rank, self.processes.world_size)
+        return loader
 
 
 def default_param_groups(named_parameters, weight_decay: float, lr: float) -> list[dict]:
@@ -81,8 +93,8 @@ def to_device(batch: dict, device) -> dict:
 
 
 def model_inputs(batch: dict) -> dict:
-    """The batch without the example ids, which the model does not take."""
-    return {key: value for key, value in batch.items() if key != "idx"}
+    """The batch without the example ids and the process's batch share, which the model does not take."""
+    return {key: value for key, value in batch.items() if key not in ("idx", "batch_share")}
 
 
 def model_loss(model, batch: dict):
@@ -134,11 +146,20 @@ class Optimization:
 
 def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: Optimization,
                   stage: str = "training") -> float | None:
-    """One optimizer step through the method's hooks; returns the loss (None: step skipped)."""
+    """One optimizer step through the method's hooks; returns the loss (None: step skipped).
+
+    On several processes the gradients (and the loss) become the global batch's (distributed.py).
+    """
+    from .distributed import average_gradients, share_of, world_size
+
     loss = method.loss(model, batch, ctx)
+    if world_size() > 1:  # every process must join the all-reduce, NaN or not
+        loss.backward()
+        loss = average_gradients(opt.params, share_of(batch), loss)
     if not torch.isfinite(loss):
         return skip_nonfinite(ctx, opt, NonFiniteError("training loss", loss.item(), step, stage))
-    loss.backward()
+    if world_size() == 1:
+        loss.backward()
     if opt.max_grad_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(opt.params, opt.max_grad_norm)
         if not torch.isfinite(norm):
@@ -149,6 +170,14 @@ def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: O
     opt.optimizer.zero_grad(set_to_none=True)
     method.after_optimizer_step(model, step, ctx)
     return loss.item()
+
+
+def progress_bar(total: int, initial: int, desc: str):
+    """A tqdm bar over steps, shown by the main process only (TQDM_* environment defaults still apply)."""
+    from .distributed import is_main_process
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False,
+                **({} if is_main_process() else {"disable": True}))
 
 
 def skip_nonfinite(ctx: RunContext, opt: Optimization, error: NonFiniteError) -> None:
@@ -169,7 +198,7 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
     One checkpoint stage (checkpoint.py): saves every --save-steps steps; on --resume it continues
     from the last save, or returns at once (with the saved end state) if it had finished.
     """
-    from .checkpoint import ResumableLoader, set_rng_state, stage_for
+    from .checkpoint import set_rng_state, stage_for
 
     total_steps = steps_for(len(train_data), ctx.run.batch_size, epochs)
     opt = Optimization.build(model, method, ctx, lr=lr, total_steps=total_steps,
@@ -178,7 +207,7 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
     stage = stage_for(ctx, desc)
     if stage.finished:
         return stage.restore_finished(model, method)
-    loader = ResumableLoader(ctx.loader(train_data))
+    loader = ctx.train_loader(train_data)
     start_step, losses, elapsed = 0, [], 0.0
     if stage.state is not None:  # --resume: continue from the last save
         state = stage.state
@@ -190,7 +219,7 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
         start_step, losses, elapsed, opt.skipped = state["step"], state["losses"], state["elapsed"], state["skipped"]
         set_rng_state(state["rng"])
     start = time.perf_counter()
-    progress = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", leave=False)
+    progress = progress_bar(total_steps, start_step, desc)
     for step, batch in iterate_batches(loader, total_steps, start=start_step):
         loss = training_step(model, method, ctx, to_device(batch, ctx.device), step, opt, desc)
         if loss is not None:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import blo_mixup.engine as engine_module
 import blo_mixup.training as training_module
 from blo_mixup.cli import main
-from tests.test_cli import assert_one_line_error, finetune_args, run_main
+from test_cli import assert_one_line_error, finetune_args, run_main
 
 # Steps of the tiny runs below: 32 examples, batch 8, 2 epochs = 8 shared-loop steps; blo-mixup:
 # phase 1 = 2 epochs over D1 (26 examples: 4 steps each), then phase 2 = 8 steps.

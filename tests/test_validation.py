@@ -269,3 +269,13 @@ def test_stsb_score_out_of_range(score, words, stsb_glue, tiny_bert_dir, tmp_pat
     result = run_main(capsys, *args)
     assert_one_line_error(result, str(train), "line 3", *words)
     assert_nothing_written(tmp_path)
+
+
+# ------------------------------------------------------------------- unroll longer than phase 1
+
+
+def test_unroll_steps_longer_than_phase_1(glue_dir, tiny_bert_dir, tmp_path, capsys):
+    # 16 examples, batch 8, D1 = 13: 2 lower steps per epoch, 1 epoch: 2 steps < 50.
+    result = run_main(capsys, *blo_args(glue_dir, tiny_bert_dir, tmp_path, "--unroll-steps", "50"))
+    assert_one_line_error(result, "--unroll-steps 50", "2 lower steps", "never be updated", "--phase1-epochs")
+    assert_nothing_written(tmp_path)

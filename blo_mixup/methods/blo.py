@@ -95,7 +95,7 @@ class BloMixup(Method):
         return model
 
     def fit(self, model, ctx):
-        from ..checkpoint import ResumableLoader, stage_for
+        from ..checkpoint import stage_for
         from ..data import split_two
         from ..engine import BLOSettings, run_phase1
         from ..training import train_loop
@@ -119,11 +119,10 @@ class BloMixup(Method):
             d1_raw, d2_raw = split_two(ctx.train_raw, o.split_ratio, run.seed + 1000 * fold, ctx.task)
             d1, d2 = ctx.tokenize(d1_raw), ctx.tokenize(d2_raw)
             desc = "phase 1 (BLO)" if o.folds == 1 else f"phase 1 (BLO), fold {fold + 1}/{o.folds}"
-            top = ResumableLoader(ctx.loader(d2, seed_offset=201 + fold)) if o.levels == 3 else None
+            top = ctx.train_loader(d2, seed_offset=201 + fold) if o.levels == 3 else None
             self.stats["phase1"] = run_phase1(
-                model, self.mixup, ResumableLoader(ctx.loader(d1, seed_offset=1 + fold)),
-                ResumableLoader(ctx.loader(d2, seed_offset=101 + fold)), settings, device=str(ctx.device),
-                d1_ids=d1["idx"], desc=desc, stage=stage_for(ctx, desc), top_loader=top)
+                model, self.mixup, ctx.train_loader(d1, seed_offset=1 + fold), ctx.train_loader(d2, seed_offset=101 + fold),
+                settings, device=str(ctx.device), d1_ids=d1["idx"], desc=desc, stage=stage_for(ctx, desc), top_loader=top)
             self.stats["phase1"].update(d1_size=len(d1), d2_size=len(d2))
             if o.folds > 1:
                 fold_states.append((copy.deepcopy(model.state_dict()), copy.deepcopy(self.mixup.state_dict())))
