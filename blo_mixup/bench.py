@@ -15,9 +15,11 @@ parameters, buffers (W0), gradients and optimizer states held between steps; ste
 running total of tensor allocations during one step, from torch.profiler's memory events. Python objects,
 libraries and allocator caching are not counted: this compares what the methods ask of the allocator.
 
+- blo-mixup-fast:    one BLO iteration of that preset (its hypergradient, unroll steps and outer lr).
+
 Whole run: the wall time of a run of --train-size examples for --epochs, estimated from the step times:
 vanilla = steps(n) x vanilla step; blo-mixup = (lower steps over D1 / U) x BLO iteration + steps(n) x
-mixup step (phase 2). The 80/20 split and the paper's phase 2 (same epochs) are assumed.
+mixup step (phase 2), with the 80/20 split, both phases --epochs long (a preset: its own phase epochs).
 """
 
 from __future__ import annotations
@@ -140,8 +142,9 @@ class Case:
     """A measured case: a closure for one step (or iteration) and the tensors it keeps between steps."""
 
     def __init__(self, name: str, step: Callable[[], None], resident: Callable[[], list], *, lower_steps: int = 1,
-                 note: str = ""):
+                 note: str = "", phase_epochs: tuple | None = None):
         self.name, self.step, self.resident, self.lower_steps, self.note = name, step, resident, lower_steps, note
+        self.phase_epochs = phase_epochs  # (phase 1, phase 2) epochs of a preset; None: --epochs for both
 
 
 def _load(options: BenchOptions, eager: bool, device):
@@ -182,14 +185,15 @@ def shared_loop_case(name: str, method, options, batches, device, eager: bool = 
     return Case(name, step, lambda: resident_tensors(model, *extra, optimizers=[opt.optimizer]))
 
 
-def blo_case(hypergradient: str, unroll: int, options, batches_d1, batches_d2, device) -> Case:
+def blo_case(hypergradient: str, unroll: int, options, batches_d1, batches_d2, device, *, name: str | None = None,
+             outer_lr: float = 2e-3, phase_epochs: tuple | None = None) -> Case:
     from .engine import BLOSettings, build_engine
     from .hypergradients import needs_double_backward
     from .mixup import MixupConfig, attach_weight_mixup
 
     model, _ = _load(options, needs_double_backward(hypergradient), device)
     mixup = attach_weight_mixup(model, MixupConfig())
-    settings = BLOSettings(hypergradient=hypergradient, unroll_steps=unroll, lower_lr=1e-5)
+    settings = BLOSettings(hypergradient=hypergradient, unroll_steps=unroll, lower_lr=1e-5, upper_lr=outer_lr)
     engine = build_engine(model, mixup, batches_d1, batches_d2, settings, device=str(device), train_iters=10**6)
     engine.train()
 
@@ -197,9 +201,9 @@ def blo_case(hypergradient: str, unroll: int, options, batches_d1, batches_d2, d
         for _ in range(unroll):
             engine.train_step()
 
-    return Case(f"blo-{hypergradient}-u{unroll}", iteration,
+    return Case(name or f"blo-{hypergradient}-u{unroll}", iteration,
                 lambda: resident_tensors(model, mixup, optimizers=[engine.weights.optimizer, engine.attention.optimizer]),
-                lower_steps=unroll, note=f"{unroll} lower + 1 upper step")
+                lower_steps=unroll, note=f"{unroll} lower + 1 upper step", phase_epochs=phase_epochs)
 
 
 def build_cases(options: BenchOptions, device) -> list[Case]:
@@ -225,6 +229,12 @@ def build_cases(options: BenchOptions, device) -> list[Case]:
             for hypergradient in _csv(options.hypergradients):
                 for unroll in (int(u) for u in _csv(options.unroll_steps)):
                     cases.append(blo_case(hypergradient, unroll, options, batches, d2, device))
+        elif issubclass(cls, get_method("blo-mixup")):  # a preset: its own hypergradient, unroll and phases
+            o = cls.options_class()
+            if not any(c.name == "mixup-step" for c in cases):
+                cases.append(_mixup_step_case(options, batches, device))
+            cases.append(blo_case(o.hypergradient, o.unroll_steps, options, batches, d2, device, name=name,
+                                  outer_lr=o.outer_lr, phase_epochs=(o.phase1_epochs, o.phase2_epochs)))
         elif cls.fit is not get_method("vanilla").fit:
             print(f"{name}: not timed per step (its training is not the shared loop; time whole runs with compare)")
         else:
@@ -262,7 +272,8 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     rows = []
     for case in cases:
         seconds = median_time(case.step, options.warmup, options.steps, device)
-        row = {"case": case.name, "note": case.note, "step_s": seconds, "lower_steps": case.lower_steps}
+        row = {"case": case.name, "note": case.note, "step_s": seconds, "lower_steps": case.lower_steps,
+               "phase_epochs": case.phase_epochs}
         if options.memory:
             peak = step_peak_bytes(case.step, device)
             resident = tensor_bytes(case.resident())
@@ -285,11 +296,14 @@ def whole_run_ratios(rows, options: BenchOptions, steps_for) -> dict[str, Any]:
     vanilla_s = plain_steps * by_name["vanilla"]["step_s"]
     result = {"train_size": options.train_size, "epochs": options.epochs, "vanilla_s": vanilla_s}
     d1 = math.floor(options.split_ratio * options.train_size + 0.5)
-    lower_steps = steps_for(d1, options.batch_size, options.epochs)
     for row in rows:
         if row["case"].startswith("blo-") and "mixup-step" in by_name:
-            unroll = row["lower_steps"]
-            seconds = lower_steps / unroll * row["step_s"] + plain_steps * by_name["mixup-step"]["step_s"]
+            phase1, phase2 = row.get("phase_epochs") or (None, None)
+            phase1 = options.epochs if phase1 is None else phase1
+            phase2 = options.epochs if phase2 is None else phase2
+            seconds = (steps_for(d1, options.batch_size, phase1) / row["lower_steps"] * row["step_s"]
+                       + (steps_for(options.train_size, options.batch_size, phase2) if phase2 > 0 else 0)
+                       * by_name["mixup-step"]["step_s"])
             result[row["case"]] = {"seconds": seconds, "ratio": seconds / vanilla_s}
     return result
 

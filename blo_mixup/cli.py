@@ -59,7 +59,13 @@ def build_parser() -> Parser:
     add_dataclass_flags(finetune.add_argument_group("run"), RunConfig)
     seen: set[str] = set()
     for name, cls in sorted(METHODS.items()):
-        if dataclasses.fields(cls.options_class):
+        fields = dataclasses.fields(cls.options_class)
+        if fields and all(f.name in seen for f in fields):  # a preset: another method's flags, other defaults
+            base = cls.options_class.__mro__[1]
+            changed = [f"{_flag(f.name)} {f.default}" for f in fields
+                       if f.default != getattr(base, "__dataclass_fields__", {}).get(f.name, f).default]
+            finetune.add_argument_group(f"method {name}", f"the flags above, with these defaults: {', '.join(changed)}")
+        elif fields:
             add_dataclass_flags(finetune.add_argument_group(f"method {name}"), cls.options_class, seen)
 
     export = sub.add_parser("export", help="write a run's model as a plain transformers model")

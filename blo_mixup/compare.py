@@ -45,6 +45,8 @@ def add_compare_parser(sub) -> None:
     parser.add_argument("--methods", required=True, help="comma-separated methods, e.g. vanilla,blo-mixup")
     parser.add_argument("--seeds", default="1-5", help="seeds: a list or a range, like 1,2,3 or 1-5 (default: 1-5)")
     parser.add_argument("--output-dir", required=True, help="folder for the runs and the summary")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write results.csv, summary.md and summary.png from the runs finished so far")
     parser.add_argument("--config", help="JSON or YAML file of options shared by all runs")
     shared = [f for f in dataclasses.fields(RunConfig) if f.name not in ("task", "method", "seed", "output_dir", "overwrite", "resume")]
     SharedOptions = dataclasses.make_dataclass("SharedOptions", [(f.name, f.type, f) for f in shared])
@@ -71,7 +73,7 @@ def cmd_compare(args) -> int:
     seeds = _seeds(args.seeds)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    shared = {k: v for k, v in vars(args).items() if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config")}
+    shared = {k: v for k, v in vars(args).items() if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only")}
     file_values = read_config_file(args.config) if args.config else {}
 
     own_keys = {m: set(field_names(RunConfig)) | set(field_names(get_method(m).options_class)) for m in methods}
@@ -93,6 +95,9 @@ def cmd_compare(args) -> int:
             results.append(read_results(run_dir))
             print(f"{label}: done earlier, main score {results[-1]['main_score']:.4f}", flush=True)
             continue
+        if args.report_only:
+            print(f"{label}: not run yet", flush=True)
+            continue
         eta = _time_left(plan[i - 1:], durations)
         eta = f", about {_minutes(eta)} left" if eta else ""
         print(f"{label}: running{eta}", flush=True)
@@ -103,7 +108,9 @@ def cmd_compare(args) -> int:
         print(f"{label}: main score {results[-1]['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
 
     write_results_csv(results, output_dir / "results.csv")
-    table = summary_table(results, tasks, methods)
+    if not results:
+        raise UserError(f"no finished run in {output_dir / 'runs'} yet; run the comparison without --report-only first")
+    table = summary_table(results, tasks, methods, seeds)
     write_text_atomic(output_dir / "summary.md", table)
     summary_plot(results, tasks, methods, output_dir / "summary.png")
     print(table)

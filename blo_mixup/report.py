@@ -29,14 +29,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summary_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
+def summary_table(results: list[dict], tasks: list[str], methods: list[str], expected_seeds: list[int] | None = None) -> str:
     """Markdown: main score x100 as mean +- std over seeds per task and method, plus the average over tasks.
 
     The best mean per column is bold. The average column averages each seed's scores over the tasks
     first, so its std is the spread of the per-seed averages (only seeds present for every task).
+    A cell with fewer runs than `expected_seeds` (a comparison still under way) says how many it has.
     """
     scores = {(r["task"], r["method"], r["seed"]): 100 * r["main_score"] for r in results}
-    metric_of = {r["task"]: r["main_metric"] for r in results}
+    from .data import get_task
+
+    metric_of = {t: get_task(t).main_metric for t in tasks}
     cells: dict[tuple[str, str], tuple[float, float, int]] = {}
     for method in methods:
         for task in tasks:
@@ -59,7 +62,7 @@ def summary_table(results: list[dict], tasks: list[str], methods: list[str]) -> 
                 row.append("-")
                 continue
             mean, std, n = cells[c, method]
-            text = f"{mean:.2f} ± {std:.2f}"
+            text = f"{mean:.2f} ± {std:.2f}" + (f" ({n} of {len(expected_seeds)} seeds)" if expected_seeds and n < len(expected_seeds) else "")
             row.append(f"**{text}**" if mean == best[c] else text)
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     seeds_seen = sorted({s for (_, _, s) in scores})

@@ -1,6 +1,7 @@
 """The core method end to end on a tiny BERT: phase 1 (BLO on Betty) + phase 2, per hypergradient."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -118,3 +119,41 @@ def test_bad_options_are_user_errors(options, words, tmp_path):
         make_method(RunConfig(task="rte"), **options)
     for word in words:
         assert word in str(error.value)
+
+
+def test_fast_preset_defaults_and_overrides(glue_dir, tiny_bert_dir, tmp_path):
+    """blo-mixup-fast: blo-mixup with unroll 5, outer lr 1e-2, 1 epoch of phase 2; flags still override."""
+    import json
+
+    from blo_mixup.cli import main
+    from blo_mixup.methods import get_method
+
+    fast, paper = get_method("blo-mixup-fast").options_class(), get_method("blo-mixup").options_class()
+    changed = {k for k, v in dataclasses.asdict(fast).items() if dataclasses.asdict(paper)[k] != v}
+    assert changed == {"unroll_steps", "outer_lr", "phase2_epochs"}
+    assert (fast.unroll_steps, fast.outer_lr, fast.phase2_epochs) == (5, 1e-2, 1.0)
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "rte", "--data-dir", str(glue_dir), "--model", str(tiny_bert_dir), "--train-size", "40",
+                 "--epochs", "2", "--batch-size", "8", "--max-length", "32", "--method", "blo-mixup-fast",
+                 "--unroll-steps", "2", "--no-save-model", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["method_options"]["unroll_steps"] == 2  # the flag wins over the preset
+    assert results["training"]["phase1"]["lower_steps"] == 8 and results["training"]["phase1"]["upper_steps"] == 4
+    assert results["training"]["phase2"]["steps"] == 5  # 1 epoch of 40 examples at batch 8
+
+
+def test_bench_whole_run_estimate_follows_each_presets_phases():
+    """The estimate's arithmetic: phase-1 lower steps / U x iteration + phase-2 steps x mixup step."""
+    from blo_mixup.bench import BenchOptions, whole_run_ratios
+    from blo_mixup.training import steps_for
+
+    options = BenchOptions(train_size=300, batch_size=16, epochs=3.0, split_ratio=0.8)
+    rows = [{"case": "vanilla", "step_s": 2.0, "lower_steps": 1, "phase_epochs": None},
+            {"case": "mixup-step", "step_s": 2.1, "lower_steps": 1, "phase_epochs": None},
+            {"case": "blo-darts-u1", "step_s": 8.0, "lower_steps": 1, "phase_epochs": None},
+            {"case": "blo-mixup-fast", "step_s": 15.0, "lower_steps": 5, "phase_epochs": (None, 1.0)}]
+    whole = whole_run_ratios(rows, options, steps_for)
+    assert whole["vanilla_s"] == 57 * 2.0  # ceil(300 / 16) = 19 steps x 3 epochs
+    assert whole["blo-darts-u1"]["seconds"] == pytest.approx(45 * 8.0 + 57 * 2.1)  # D1 = 240: 15 x 3 lower steps
+    assert whole["blo-mixup-fast"]["seconds"] == pytest.approx(45 / 5 * 15.0 + 19 * 2.1)
+    assert whole["blo-mixup-fast"]["ratio"] == pytest.approx(whole["blo-mixup-fast"]["seconds"] / 114.0)

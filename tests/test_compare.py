@@ -16,7 +16,7 @@ def test_compare_all_methods_two_seeds(glue_dir, tiny_bert_dir, tmp_path, capsys
     args = ["compare", "--tasks", "rte", "--methods", ",".join(methods), "--seeds", "1,2", "--train-size", "32",
             "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--data-dir", str(glue_dir),
             "--model", str(tiny_bert_dir), "--output-dir", str(out), "--no-save-model",
-            "--pac-epochs", "1", "--gd-cache-dir", str(tmp_path / "gd-cache")]
+            "--pac-epochs", "1", "--unroll-steps", "2", "--gd-cache-dir", str(tmp_path / "gd-cache")]
     assert main(args) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in methods for s in ("1", "2"))
@@ -40,6 +40,21 @@ def test_compare_rejects_bad_lists(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
     assert main(["compare", "--tasks", "rte", "--methods", "vanila", "--output-dir", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_report_only_summarises_what_is_finished(glue_dir, tiny_bert_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--tasks", "rte", "--methods", "vanilla", "--train-size", "16", "--epochs", "1",
+            "--batch-size", "8", "--max-length", "32", "--data-dir", str(glue_dir), "--model", str(tiny_bert_dir),
+            "--output-dir", str(out), "--no-save-model"]
+    assert main([*args, "--seeds", "1-2", "--report-only"]) == 2  # nothing finished yet
+    assert "no finished run" in capsys.readouterr().err
+    assert main([*args, "--seeds", "1"]) == 0
+    assert main([*args, "--seeds", "1-3", "--report-only"]) == 0
+    assert "rte vanilla seed 2: not run yet" in capsys.readouterr().out
+    assert not (out / "runs" / "rte" / "vanilla" / "seed2").exists()
+    assert "(1 of 3 seeds)" in (out / "summary.md").read_text()
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 1
 
 
 def test_summary_table_mean_std_and_best(tmp_path):

@@ -6,7 +6,7 @@ from blo_mixup.config import RunConfig
 from blo_mixup.finetune import run_finetune
 from blo_mixup.methods import METHODS, get_method
 
-QUICK_OPTIONS = {"pac-tuning": {"pac_epochs": 1.0}}
+QUICK_OPTIONS = {"pac-tuning": {"pac_epochs": 1.0}, "blo-mixup-fast": {"unroll_steps": 2}}  # tiny runs: 2 lower steps
 
 
 @pytest.mark.slow
