@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .distributed import barrier, is_main_process
 from .errors import UserError
 
 FOLDER = "checkpoints"
@@ -83,6 +84,34 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def all_rng_states() -> list[dict]:
+    """Every process's generators (rank order): with several processes they differ (dropout on
+    slices of different sizes), so a checkpoint keeps each one's."""
+    import torch.distributed as dist
+
+    from .distributed import world_size
+
+    if world_size() == 1:
+        return [rng_state()]
+    states = [None] * world_size()
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng(saved: list[dict]) -> None:
+    """This process's generators from a checkpoint written by the same number of processes."""
+    import torch.distributed as dist
+
+    from .distributed import world_size
+
+    if isinstance(saved, dict):  # written before checkpoints kept one entry per process
+        saved = [saved]
+    if len(saved) != world_size():
+        raise UserError(f"the checkpoint was written by {len(saved)} process(es), this run has {world_size()}; "
+                        "resume with the same number of processes (torchrun --nproc_per_node)")
+    set_rng_state(saved[dist.get_rank() if world_size() > 1 else 0])
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     from .runs import temporary_beside
 
@@ -115,24 +144,32 @@ class Stage:
         return self.enabled and self.save_steps > 0 and step % self.save_steps == 0
 
     def save(self, step: int, **state) -> None:
+        """Written by the main process (every process holds the same weights, optimizer states and data
+        position), with every process's random generators; the others wait until it is on disk."""
         if not self.enabled:
             return
-        save_atomic({"name": self.name, "step": step, "finished": False, "rng": rng_state(), **state}, self.path)
+        rng = all_rng_states()
+        if is_main_process():
+            save_atomic({"name": self.name, "step": step, "finished": False, "rng": rng, **state}, self.path)
+        barrier()
         self.last_step = step
 
     def finish(self, model, method, stats: dict) -> None:
         """The stage's end state: what later stages start from, without optimizer or data state."""
         if not self.enabled:
             return
-        save_atomic({"name": self.name, "finished": True, "model": model.state_dict(), "method": method.state_dict(),
-                     "rng": rng_state(), "stats": stats}, self.path)
+        rng = all_rng_states()
+        if is_main_process():
+            save_atomic({"name": self.name, "finished": True, "model": model.state_dict(), "method": method.state_dict(),
+                         "rng": rng, "stats": stats}, self.path)
+        barrier()
         self.last_step = None
 
     def restore_finished(self, model, method) -> dict:
         """Load the end state of a stage finished before the kill; returns its statistics."""
         method.load_state_dict(self.state["method"])  # first: it may reshape buffers of the model
         model.load_state_dict(self.state["model"])
-        set_rng_state(self.state["rng"])
+        restore_rng(self.state["rng"])
         return self.state["stats"]
 
 
@@ -159,9 +196,12 @@ class Checkpointer:
                 raise UserError(f"--resume needs the options of the run it continues; these differ ({detail}); "
                                 f"give the same options, or start over with --overwrite")
         else:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            run_file.write_text(json.dumps(compared, indent=1, sort_keys=True, default=str))
+            barrier()  # every process has looked at the folder before the main one clears it
+            if is_main_process():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                run_file.write_text(json.dumps(compared, indent=1, sort_keys=True, default=str))
+        barrier()
         return cls(folder, save_steps, resume)
 
     def stage(self, name: str) -> Stage:

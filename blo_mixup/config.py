@@ -146,9 +146,6 @@ def validate_run_config(run: RunConfig) -> None:
     check_positive("max_grad_norm", run.max_grad_norm, allow_zero=True)
     check_positive("save_steps", run.save_steps, allow_zero=True)
     check_positive("skip_nonfinite", run.skip_nonfinite, allow_zero=True)
-    if run.strategy == "distributed" and run.resume:
-        raise UserError("--resume does not work with --strategy distributed yet (no checkpoints are written there); "
-                        "run without --resume, or resume single-process runs only")
     if run.resume and run.overwrite:
         raise UserError("--resume continues the run in --output-dir and --overwrite starts it over; give one of them")
     if not 0 <= run.warmup_ratio < 1:

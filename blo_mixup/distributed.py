@@ -64,6 +64,11 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
 def is_main_process() -> bool:
     """Rank 0, or the only process: the one that shows progress and writes outputs."""
     return world_size() == 1 or dist.get_rank() == 0

@@ -123,7 +123,7 @@ class ProgressEngine(Engine):
                 "loaders": {name: loader.state_dict() for name, loader in self.loaders.items()}}
 
     def load_training_state(self, state: dict) -> None:
-        from .checkpoint import set_rng_state
+        from .checkpoint import restore_rng
 
         for problem in self.problems:
             saved = state["problems"][problem.name]
@@ -132,7 +132,7 @@ class ProgressEngine(Engine):
         for name, loader in self.loaders.items():
             loader.load_state_dict(state["loaders"][name])
         self.global_step = self.last_save = state["step"]
-        set_rng_state(state["rng"])
+        restore_rng(state["rng"])
 
 
 def three_level_dependencies(bottom, middle, top) -> tuple[dict, dict]:

@@ -61,7 +61,7 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
         processes, device = distributed.start(run.device)
     output_dir = prepare_output_dir(run.output_dir or default_output_dir(run), run.overwrite, run.resume)
     checkpoints = None
-    if (run.save_steps > 0 or run.resume) and processes is None:  # no checkpoints on several processes (yet)
+    if run.save_steps > 0 or run.resume:
         run_values = {**to_dict(run), "method_options": dataclasses.asdict(method.options)}
         checkpoints = Checkpointer.for_run(output_dir, run_values, save_steps=run.save_steps, resume=run.resume)
     started = time.perf_counter()
@@ -74,7 +74,7 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
     try:
         stats = method.fit(model, ctx)
     except NonFiniteError as error:
-        last = checkpoints.last_good() if checkpoints else "none (--save-steps 0 or --strategy distributed)"
+        last = checkpoints.last_good() if checkpoints else "none (--save-steps 0)"
         raise UserError(f"{error}; last good checkpoint: {last}. Lower --lr (now {ctx.lr:g}) or --outer-lr and "
                         f"start over with --overwrite, or skip such steps: --resume --skip-nonfinite N") from None
     train_time = time.perf_counter() - train_started

@@ -198,7 +198,7 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
     One checkpoint stage (checkpoint.py): saves every --save-steps steps; on --resume it continues
     from the last save, or returns at once (with the saved end state) if it had finished.
     """
-    from .checkpoint import set_rng_state, stage_for
+    from .checkpoint import restore_rng, stage_for
 
     total_steps = steps_for(len(train_data), ctx.run.batch_size, epochs)
     opt = Optimization.build(model, method, ctx, lr=lr, total_steps=total_steps,
@@ -217,7 +217,7 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
         opt.scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
         start_step, losses, elapsed, opt.skipped = state["step"], state["losses"], state["elapsed"], state["skipped"]
-        set_rng_state(state["rng"])
+        restore_rng(state["rng"])
     start = time.perf_counter()
     progress = progress_bar(total_steps, start_step, desc)
     for step, batch in iterate_batches(loader, total_steps, start=start_step):

@@ -47,6 +47,21 @@ def run_args(glue_dir, model_dir, out, *extra):
             "--epochs", 2, "--batch-size", 8, "--max-length", 32, "--output-dir", out, *extra]]
 
 
+def kill_every_process_of(out) -> None:
+    """SIGKILL every process whose command line names the folder `out`."""
+    import os
+    import signal
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if str(out).encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+
 def max_weight_difference(a, b) -> float:
     wa, wb = load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors")
     assert wa.keys() == wb.keys()
@@ -86,6 +101,28 @@ def test_distributed_without_torchrun_says_how_to_launch(glue_dir, tiny_bert_no_
     assert_one_line_error(result, "torchrun", "--nproc_per_node")
 
 
-def test_distributed_refuses_resume(glue_dir, tiny_bert_no_dropout, tmp_path, capsys):
-    result = run_main(capsys, *run_args(glue_dir, tiny_bert_no_dropout, tmp_path / "out", "--strategy", "distributed", "--resume"))
-    assert_one_line_error(result, "--resume", "--strategy distributed")
+def test_two_processes_killed_then_resumed(glue_dir, tiny_bert_no_dropout, tmp_path):
+    """SIGKILL to both processes and torchrun once phase 2 has a checkpoint; --resume on 2 processes
+    ends with the weights of the uninterrupted 2-process run, bit for bit."""
+    import time
+
+    extra = ["--method", "blo-mixup", "--save-steps", "1", "--strategy", "distributed"]
+
+    def torchrun(out, *more):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port()), "-m", "blo_mixup.cli", *run_args(glue_dir, tiny_bert_no_dropout, out, *extra),
+                *more]
+
+    whole = subprocess.run(torchrun(tmp_path / "whole"), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    process = subprocess.Popen(torchrun(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / "stage1.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    kill_every_process_of(out)  # torchrun and its workers (they run in sessions of their own)
+    process.wait()
+    assert not (out / "results.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(torchrun(out, "--resume"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert max_weight_difference(tmp_path / "whole", out) == 0.0
