@@ -13,6 +13,7 @@ generator (torch, CUDA, Python, NumPy), the data loaders' positions, the step an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -185,12 +186,17 @@ class Checkpointer:
     @classmethod
     def for_run(cls, output_dir: Path, run_values: dict, *, save_steps: int, resume: bool) -> "Checkpointer":
         """Checks that a resumed run has the killed run's options, and records them for a later resume."""
+        from .config import RunConfig
+
         folder = Path(output_dir) / FOLDER
         run_file = folder / RUN_FILE
         compared = {k: v for k, v in run_values.items() if k not in MAY_CHANGE_ON_RESUME}
         if resume and run_file.is_file():
             saved = json.loads(run_file.read_text())
-            changed = sorted(k for k in set(saved) | set(compared) if saved.get(k) != compared.get(k))
+            # An option added to blo-mixup after the checkpoint was written is fine at its default.
+            defaults = dataclasses.asdict(RunConfig())
+            changed = sorted(k for k in set(saved) | set(compared) if saved.get(k) != compared.get(k)
+                             and not (k not in saved and compared.get(k) == defaults.get(k, object())))
             if changed:
                 detail = ", ".join(f"{k}: {saved.get(k)!r} then, {compared.get(k)!r} now" for k in changed[:4])
                 raise UserError(f"--resume needs the options of the run it continues; these differ ({detail}); "

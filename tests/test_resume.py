@@ -158,3 +158,17 @@ def test_nan_names_the_step_and_the_last_checkpoint(glue_dir, tiny_bert_dir, tmp
 def test_nan_in_phase_1_stops_with_the_step(glue_dir, tiny_bert_dir, tmp_path, capsys):
     result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, tmp_path / "out", ["--method", "blo-mixup", "--lr", "1e30"]))
     assert_one_line_error(result, "phase 1", "at step", "last good checkpoint", "--lr")
+
+
+def test_resume_accepts_an_option_added_since_at_its_default(glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    """A checkpoint written before an option existed (its run.json lacks the key) still resumes."""
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        crash_at(patch, 5)
+        with pytest.raises(SystemExit):
+            main(args_for(glue_dir, tiny_bert_dir, out, []))
+    run_file = out / "checkpoints" / "run.json"
+    saved = json.loads(run_file.read_text())
+    del saved["strategy"]
+    run_file.write_text(json.dumps(saved))
+    assert main(args_for(glue_dir, tiny_bert_dir, out, ["--resume"])) == 0
