@@ -38,7 +38,7 @@ class RunConfig:
     output_dir: str | None = field(default=None, metadata={"help": "run folder (results.json, model/); default runs/<task>-<method>-s<seed>"})
     overwrite: bool = field(default=False, metadata={"help": "replace an earlier run in --output-dir"})
     resume: bool = field(default=False, metadata={"help": "continue the killed run in --output-dir from its last checkpoint (same options)"})
-    save_steps: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (and at the end of each stage); 0 = never"})
+    save_steps: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (blo-mixup phase 1: lower steps) and at the end of each stage; 0 = never"})
     skip_nonfinite: int = field(default=0, metadata={"help": "skip up to this many steps whose loss or gradient is NaN/Inf, then stop; 0 = stop at the first"})
     save_model: bool = field(default=True, metadata={"help": "save the fine-tuned model (save_pretrained) in <output-dir>/model"})
     device: str | None = field(default=None, metadata={"help": "torch device; default CUDA when present, else CPU"})
