@@ -153,13 +153,11 @@ def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: O
     from .distributed import average_gradients, share_of, world_size
 
     loss = method.loss(model, batch, ctx)
-    if world_size() > 1:  # every process must join the all-reduce, NaN or not
-        loss.backward()
+    loss.backward()
+    if world_size() > 1:  # every process joins the all-reduce, NaN or not, and so decides alike
         loss = average_gradients(opt.params, share_of(batch), loss)
     if not torch.isfinite(loss):
         return skip_nonfinite(ctx, opt, NonFiniteError("training loss", loss.item(), step, stage))
-    if world_size() == 1:
-        loss.backward()
     if opt.max_grad_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(opt.params, opt.max_grad_norm)
         if not torch.isfinite(norm):

@@ -38,3 +38,25 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and a single thread is not slowed by a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def writable_glue_copy(root: Path, glue_dir: Path, folder: str, train_lines: int) -> Path:
+    """A copy of one GLUE task under root: the first train_lines lines of train.tsv, the whole dev.tsv."""
+    import shutil
+
+    (root / folder).mkdir(parents=True)
+    lines = (glue_dir / folder / "train.tsv").read_text().splitlines()[:train_lines]
+    (root / folder / "train.tsv").write_text("\n".join(lines) + "\n")
+    shutil.copy(glue_dir / folder / "dev.tsv", root / folder / "dev.tsv")
+    return root

@@ -1,7 +1,6 @@
 """The `blo-mixup` command end to end on a tiny model: outputs, and one-line errors with exit code 2."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from blo_mixup.cli import main
+from conftest import writable_glue_copy
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -87,12 +87,7 @@ def test_config_file_and_flag_override(glue_dir, tiny_bert_dir, tmp_path):
 @pytest.fixture
 def broken_glue(tmp_path, glue_dir):
     """A writable copy of RTE whose train.tsv each test can break."""
-    root = tmp_path / "glue"
-    (root / "RTE").mkdir(parents=True)
-    lines = (glue_dir / "RTE" / "train.tsv").read_text().splitlines()[:60]
-    (root / "RTE" / "train.tsv").write_text("\n".join(lines) + "\n")
-    shutil.copy(glue_dir / "RTE" / "dev.tsv", root / "RTE" / "dev.tsv")
-    return root
+    return writable_glue_copy(tmp_path / "glue", glue_dir, "RTE", 60)
 
 
 def _rewrite(path: Path, fn):

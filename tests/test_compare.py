@@ -38,6 +38,8 @@ def test_compare_all_methods_two_seeds(glue_dir, tiny_bert_dir, tmp_path, capsys
 def test_compare_rejects_bad_lists(tmp_path, capsys):
     assert main(["compare", "--tasks", "rte", "--methods", "vanilla", "--seeds", "1,x", "--output-dir", str(tmp_path)]) == 2
     assert "--seeds" in capsys.readouterr().err
+    assert main(["compare", "--tasks", "rte", "--methods", "vanilla", "--seeds", "5-1", "--output-dir", str(tmp_path)]) == 2
+    assert "names no seed" in capsys.readouterr().err
     assert main(["compare", "--tasks", "rte", "--methods", "vanila", "--output-dir", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
 

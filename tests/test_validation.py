@@ -13,18 +13,13 @@ import torch
 from torch import nn
 
 from blo_mixup.errors import UserError
+from conftest import writable_glue_copy
 from test_cli import assert_one_line_error, broken_glue, finetune_args, run_main  # noqa: F401 (fixture)
 
 BLO = ["--method", "blo-mixup", "--phase2-epochs", "0", "--no-save-model"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models; on busy shared cores one thread is much faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def blo_args(glue_dir, model_dir, tmp_path, *extra):
@@ -246,12 +241,7 @@ def test_short_row_in_train_tsv(broken_glue, tiny_bert_dir, tmp_path, capsys):
 @pytest.fixture
 def stsb_glue(tmp_path, glue_dir):
     """A writable copy of STS-B with a short train.tsv."""
-    root = tmp_path / "glue"
-    (root / "STS-B").mkdir(parents=True)
-    lines = (glue_dir / "STS-B" / "train.tsv").read_text().splitlines()[:40]
-    (root / "STS-B" / "train.tsv").write_text("\n".join(lines) + "\n")
-    shutil.copy(glue_dir / "STS-B" / "dev.tsv", root / "STS-B" / "dev.tsv")
-    return root
+    return writable_glue_copy(tmp_path / "glue", glue_dir, "STS-B", 40)
 
 
 @pytest.mark.parametrize("score, words", [
