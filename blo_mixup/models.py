@@ -58,8 +58,11 @@ def load_model_and_tokenizer(name: str, task, *, eager_attention: bool = False, 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
         try:
+            # The task decides the head: a checkpoint with another label count gets a new head, as with
+            # a headless encoder, instead of a size-mismatch error.
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, config=config, attn_implementation="eager" if eager_attention else None
+                path, config=config, attn_implementation="eager" if eager_attention else None,
+                ignore_mismatched_sizes=True,
             )
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -35,6 +35,25 @@ def test_compare_all_methods_two_seeds(glue_dir, tiny_bert_dir, tmp_path, capsys
     assert json.loads((killed / "results.json").read_text())["seed"] == 2
 
 
+@pytest.mark.slow
+def test_every_method_trains_a_regression_task(glue_dir, tiny_bert_dir, tmp_path):
+    """STS-B: one output, MSE loss, Spearman as the main metric. The tiny model was saved with a 2-label
+    head, so this also loads a checkpoint whose head does not fit the task (it gets a new one)."""
+    out = tmp_path / "cmp"
+    methods = sorted(METHODS)
+    args = ["compare", "--tasks", "stsb", "--methods", ",".join(methods), "--seeds", "1", "--train-size", "32",
+            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--data-dir", str(glue_dir),
+            "--model", str(tiny_bert_dir), "--output-dir", str(out), "--no-save-model",
+            "--pac-epochs", "1", "--unroll-steps", "2", "--gd-cache-dir", str(tmp_path / "gd-cache")]
+    assert main(args) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["method"] for r in rows) == methods
+    for row in rows:
+        assert row["main_metric"] == "spearmanr"
+        assert -1.0 <= float(row["main_score"]) <= 1.0, row
+    assert "stsb (spearmanr)" in (out / "summary.md").read_text()
+
+
 def test_compare_rejects_bad_lists(tmp_path, capsys):
     assert main(["compare", "--tasks", "rte", "--methods", "vanilla", "--seeds", "1,x", "--output-dir", str(tmp_path)]) == 2
     assert "--seeds" in capsys.readouterr().err
