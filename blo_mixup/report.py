@@ -72,30 +72,36 @@ def summary_table(results: list[dict], tasks: list[str], methods: list[str], exp
 
 
 def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path: Path) -> None:
-    """One panel per task: each method's scores over seeds (dots) and their mean (bar)."""
+    """One panel per task: each method's score per seed (dots), mean +- std (line and bar), and the first
+    method's mean as a dashed line across the panel, so "better than the baseline?" reads at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4, 1.0 + 0.6 * len(methods)) * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    from .data import get_task
+
+    columns = min(2, len(tasks))
+    rows = math.ceil(len(tasks) / columns)
+    width = max(4.0, 1.0 + 0.6 * len(methods))
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, 4 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
         for i, method in enumerate(methods):
             values = [100 * r["main_score"] for r in results if r["task"] == task and r["method"] == method]
             if not values:
                 continue
-            ax.bar(i, statistics.fmean(values), color="#cfd8e3", width=0.7)
-            ax.scatter([i] * len(values), values, color="#1f4e79", s=14, zorder=3)
-        metric = next((r["main_metric"] for r in results if r["task"] == task), "")
-        ax.set_title(f"{task} ({metric})")
+            mean, std = mean_std(values)
+            ax.errorbar(i, mean, yerr=std, fmt="_", markersize=18, color="#1f4e79", capsize=4, zorder=2)
+            ax.scatter([i] * len(values), values, color="#7fa7cf", s=14, zorder=3)
+            if i == 0:
+                ax.axhline(mean, color="#888888", linestyle="--", linewidth=0.8, zorder=1)
+        ax.set_title(f"{task} ({get_task(task).main_metric})")
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=45, ha="right")
+        ax.set_xlim(-0.5, len(methods) - 0.5)
         ax.set_ylabel("dev score x100")
-        values = [100 * r["main_score"] for r in results if r["task"] == task]
-        if values:
-            low, high = min(values), max(values)
-            pad = max(1.0, 0.15 * (high - low))
-            ax.set_ylim(low - pad, high + pad)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
