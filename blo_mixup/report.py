@@ -71,6 +71,40 @@ def summary_table(results: list[dict], tasks: list[str], methods: list[str], exp
     return "\n".join(lines) + "\n"
 
 
+def paired_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
+    """Markdown: each method against the first one on the same seeds (same training subset, same head init).
+
+    A cell is the mean +- sample std of the per-seed differences x100, and on how many of the paired
+    seeds the method scored higher; pairing removes the seed-to-seed spread that both methods share.
+    The average column pairs the per-seed averages over tasks (seeds present for every task).
+    """
+    baseline = methods[0]
+    scores = {(r["task"], r["method"], r["seed"]): 100 * r["main_score"] for r in results}
+
+    def cell(differences: list[float]) -> str:
+        if not differences:
+            return "-"
+        mean, std = mean_std(differences)
+        wins = sum(d > 0 for d in differences)
+        return f"{mean:+.2f} ± {std:.2f} ({wins}/{len(differences)} higher)"
+
+    lines = [f"| against {baseline}, same seeds | " + " | ".join(tasks + ["average"]) + " |",
+             "|" + "---|" * (len(tasks) + 2)]
+    for method in methods[1:]:
+        row = []
+        for task in tasks:
+            seeds = sorted(s for (t, m, s) in scores if t == task and m == method and (t, baseline, s) in scores)
+            row.append(cell([scores[task, method, s] - scores[task, baseline, s] for s in seeds]))
+        seeds = sorted({s for (_, m, s) in scores if m == method})
+        both = [s for s in seeds if all((t, m, s) in scores for t in tasks for m in (method, baseline))]
+        row.append(cell([statistics.fmean(scores[t, method, s] - scores[t, baseline, s] for t in tasks) for s in both]))
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(f"Difference to {baseline} x100 on the same seed, mean ± sample std over seeds; "
+                 "(k/n higher): seeds on which the method scored above it.")
+    return "\n".join(lines) + "\n"
+
+
 def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path: Path) -> None:
     """One panel per task: each method's score per seed (dots), mean +- std (line and bar), and the first
     method's mean as a dashed line across the panel, so "better than the baseline?" reads at a glance."""

@@ -89,6 +89,20 @@ def test_summary_table_mean_std_and_best(tmp_path):
     assert "| b | 55.00 ± 0.00 | **81.00 ± 12.73** | 68.00 ± 6.36 |" in table
 
 
+def test_paired_table_differences_on_the_same_seeds():
+    from blo_mixup.report import paired_table
+
+    results = [{"task": t, "method": m, "seed": s, "main_metric": "accuracy", "main_score": v}
+               for t, m, s, v in [("rte", "a", 1, 0.5), ("rte", "a", 2, 0.7), ("rte", "b", 1, 0.55), ("rte", "b", 2, 0.55),
+                                  ("mrpc", "a", 1, 0.8), ("mrpc", "a", 2, 0.8), ("mrpc", "b", 1, 0.9), ("mrpc", "b", 2, 0.72),
+                                  ("mrpc", "c", 3, 0.9)]]  # c: no seed shared with a
+    table = paired_table(results, ["rte", "mrpc"], ["a", "b", "c"])
+    # rte: +5, -15; mrpc: +10, -8; average per seed: +7.5, -11.5
+    assert "| b | -5.00 ± 14.14 (1/2 higher) | +1.00 ± 12.73 (1/2 higher) | -2.00 ± 13.44 (1/2 higher) |" in table
+    assert "| c | - | - | - |" in table
+    assert table.startswith("| against a, same seeds |")
+
+
 def test_time_left_uses_each_methods_own_run_time():
     from blo_mixup.compare import _time_left
 
