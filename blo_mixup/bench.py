@@ -7,15 +7,14 @@ same process, after warm-up; times are medians over --steps. Cases:
 - mixup-step:       the same step on the mixed model with A fixed (a phase-2 step of blo-mixup).
 - blo-<hg>-u<U>:    one BLO iteration of blo-mixup: U lower steps on D1 and one upper step on D2 with
                     hypergradient <hg>, through the real Betty engine (engine.build_engine).
+- blo-mixup-fast:   one BLO iteration of that preset (its hypergradient, unroll steps and outer lr).
 - <method>:         one step of any other method that trains with the shared loop (its own hooks).
 
-Memory. CUDA: torch.cuda peak allocated during the step, plus nothing else (it already counts
-everything resident). CPU: tensors only, as "resident + step peak": resident = bytes of the distinct
-parameters, buffers (W0), gradients and optimizer states held between steps; step peak = the highest
-running total of tensor allocations during one step, from torch.profiler's memory events. Python objects,
+Memory, as "resident + step peak": resident = bytes of the distinct parameters, buffers (W0),
+gradients and optimizer states held between steps; step peak = what one step allocates above that, on
+CUDA torch.cuda.max_memory_allocated() minus the allocation before the step, on CPU the highest running
+total of tensor allocations during the step, from torch.profiler's memory events. Python objects,
 libraries and allocator caching are not counted: this compares what the methods ask of the allocator.
-
-- blo-mixup-fast:    one BLO iteration of that preset (its hypergradient, unroll steps and outer lr).
 
 Whole run: the wall time of a run of --train-size examples for --epochs, estimated from the step times:
 vanilla = steps(n) x vanilla step; blo-mixup = (lower steps over D1 / U) x BLO iteration + steps(n) x
