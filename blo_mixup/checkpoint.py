@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
-from .distributed import barrier, is_main_process
-from .errors import UserError
+from .distributed import barrier, is_main_process, world_size
+from .errors import Stopped, UserError
 
 FOLDER = "checkpoints"
 RUN_FILE = "run.json"
@@ -142,7 +147,7 @@ class Stage:
         return self.state is not None and self.state.get("finished", False)
 
     def due(self, step: int) -> bool:
-        return self.enabled and self.save_steps > 0 and step % self.save_steps == 0
+        return self.enabled and (stop_requested() or self.save_steps > 0 and step % self.save_steps == 0)
 
     def save(self, step: int, **state) -> None:
         """Written by the main process (every process holds the same weights, optimizer states and data
@@ -154,6 +159,7 @@ class Stage:
             save_atomic({"name": self.name, "step": step, "finished": False, "rng": rng, **state}, self.path)
         barrier()
         self.last_step = step
+        self._stop_if_requested(f"at step {step} of '{self.name}'")
 
     def finish(self, model, method, stats: dict) -> None:
         """The stage's end state: what later stages start from, without optimizer or data state."""
@@ -165,6 +171,11 @@ class Stage:
                          "rng": rng, "stats": stats}, self.path)
         barrier()
         self.last_step = None
+        self._stop_if_requested(f"at the end of '{self.name}'")
+
+    def _stop_if_requested(self, where: str) -> None:
+        if stop_requested():
+            raise Stopped(_stop["signal"], f"{where}; saved {self.path}")
 
     def restore_finished(self, model, method) -> dict:
         """Load the end state of a stage finished before the kill; returns its statistics."""
@@ -232,6 +243,41 @@ class Checkpointer:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_stop = {"signal": None}
+
+
+def stop_requested() -> bool:
+    return _stop["signal"] is not None
+
+
+def _request_stop(signum, frame) -> None:
+    if stop_requested() and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+    _stop["signal"] = signum
+    print(f"\nblo-mixup: {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+          "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def stop_at_next_step(stage: Stage | None):
+    """Inside a training loop that saves through `stage`: SIGINT or SIGTERM let the current step end,
+    save a checkpoint and raise Stopped, so that an interrupted (or preempted) run loses nothing.
+
+    Elsewhere, with saving off, or with several processes (which would have to agree on the step;
+    they keep their periodic saves), signals act as they always do.
+    """
+    if stage is None or not stage.enabled or world_size() > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stop["signal"] = None
+    previous = {s: signal.signal(s, _request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def stage_for(ctx, name: str) -> Stage:

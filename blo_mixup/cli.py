@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 EXIT_USAGE = 2
 
@@ -149,6 +149,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"blo-mixup: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Stopped as e:
+        print(f"blo-mixup: {e}; re-run the same command (finetune: with --resume) to go on", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("blo-mixup: interrupted; finished runs and checkpoints are kept: re-run the same command "
               "(finetune: with --resume) to go on", file=sys.stderr)

@@ -16,6 +16,7 @@ import torch
 from betty.configs import Config, EngineConfig
 from betty.engine import Engine
 
+from .checkpoint import stop_at_next_step, stop_requested
 from .distributed import world_size
 from .errors import UserError
 from .hypergradients import hypergradient_config
@@ -100,10 +101,12 @@ class ProgressEngine(Engine):
             super().cleanup()
 
     def save_due(self) -> bool:
-        """--save-steps steps since the last save, at the end of an unroll cycle, before the last step."""
-        return (self.stage is not None and self.stage.enabled and self.stage.save_steps > 0
+        """--save-steps steps since the last save (or a stop asked for), at the end of an unroll cycle,
+        before the last step."""
+        return (self.stage is not None and self.stage.enabled
                 and self.global_step % self.unroll_steps == 0 and self.global_step < self.train_iters
-                and self.global_step - self.last_save >= self.stage.save_steps)
+                and (stop_requested() or self.stage.save_steps > 0
+                     and self.global_step - self.last_save >= self.stage.save_steps))
 
     def run(self):
         self.train()
@@ -228,18 +231,19 @@ def run_phase1(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, dev
     if stage is not None and stage.state is not None:
         engine.load_training_state(stage.state)
     engine.progress = progress_bar(train_iters, engine.global_step, desc)
-    try:
-        engine.run()
-    finally:
-        engine.progress.close()
-    stats = {"lower_steps": train_iters, "upper_steps": train_iters // settings.unroll_steps}
-    if settings.levels == 3:
-        example_weights = engine.data.module
-        values = example_weights.weights().detach()
-        # Every D1 example's learned weight by its dataset id (JSON keys: strings), and a summary.
-        stats["example_weights"] = {"mean": float(values.mean()), "std": float(values.std()),
-                                    "min": float(values.min()), "max": float(values.max()),
-                                    "by_id": {i: float(w) for i, w in zip(example_weights.ids, values.tolist())}}
-    if stage is not None:
-        stage.finish(model, mixup, stats)
+    with stop_at_next_step(stage):
+        try:
+            engine.run()
+        finally:
+            engine.progress.close()
+        stats = {"lower_steps": train_iters, "upper_steps": train_iters // settings.unroll_steps}
+        if settings.levels == 3:
+            example_weights = engine.data.module
+            values = example_weights.weights().detach()
+            # Every D1 example's learned weight by its dataset id (JSON keys: strings), and a summary.
+            stats["example_weights"] = {"mean": float(values.mean()), "std": float(values.std()),
+                                        "min": float(values.min()), "max": float(values.max()),
+                                        "by_id": {i: float(w) for i, w in zip(example_weights.ids, values.tolist())}}
+        if stage is not None:
+            stage.finish(model, mixup, stats)
     return stats

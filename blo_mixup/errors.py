@@ -1,15 +1,24 @@
-"""The one exception type for mistakes a user can fix.
+"""The one exception type for mistakes a user can fix, and the one for a run stopped by a signal.
 
-The CLI prints its message as a single line and exits with code 2; anything else is a bug and keeps
-its traceback. Messages name the problem and then the fix, e.g.
+The CLI prints a UserError's message as a single line and exits with code 2; a Stopped run exits with
+128 + the signal number, as a shell does; anything else is a bug and keeps its traceback. Messages name the problem and then the fix, e.g.
 "unknown task 'rtee'; choose one of: cola, ... (did you mean 'rte'?)".
 """
 
 import difflib
+import signal
 
 
 class UserError(Exception):
     """Bad input: a one-line message that names the problem and how to fix it."""
+
+
+class Stopped(Exception):
+    """A SIGINT or SIGTERM stopped the run after saving a checkpoint; --resume goes on from there."""
+
+    def __init__(self, signum: int, where: str):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
 
 
 def did_you_mean(word: str, choices) -> str:

@@ -196,7 +196,7 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
     One checkpoint stage (checkpoint.py): saves every --save-steps steps; on --resume it continues
     from the last save, or returns at once (with the saved end state) if it had finished.
     """
-    from .checkpoint import restore_rng, stage_for
+    from .checkpoint import restore_rng, stage_for, stop_at_next_step
 
     total_steps = steps_for(len(train_data), ctx.run.batch_size, epochs)
     opt = Optimization.build(model, method, ctx, lr=lr, total_steps=total_steps,
@@ -218,23 +218,24 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
         restore_rng(state["rng"])
     start = time.perf_counter()
     progress = progress_bar(total_steps, start_step, desc)
-    for step, batch in iterate_batches(loader, total_steps, start=start_step):
-        loss = training_step(model, method, ctx, to_device(batch, ctx.device), step, opt, desc)
-        if loss is not None:
-            losses.append(loss)
-            progress.set_postfix(loss=f"{loss:.4f}")
-        progress.update(1)
-        if stage.due(step) and step < total_steps:
-            stage.save(step, model=model.state_dict(), method=method.state_dict(), optimizer=opt.optimizer.state_dict(),
-                       scheduler=opt.scheduler.state_dict(), loader=loader.state_dict(), losses=losses,
-                       elapsed=elapsed + time.perf_counter() - start, skipped=opt.skipped)
-    progress.close()
-    tail = losses[-max(1, len(losses) // 10):] or [math.nan]
-    stats = {"steps": total_steps, "train_time_s": elapsed + time.perf_counter() - start,
-             "final_train_loss": sum(tail) / len(tail)}
-    if opt.skipped:
-        stats["skipped_steps"] = opt.skipped
-    stage.finish(model, method, stats)
+    with stop_at_next_step(stage):
+        for step, batch in iterate_batches(loader, total_steps, start=start_step):
+            loss = training_step(model, method, ctx, to_device(batch, ctx.device), step, opt, desc)
+            if loss is not None:
+                losses.append(loss)
+                progress.set_postfix(loss=f"{loss:.4f}")
+            progress.update(1)
+            if stage.due(step) and step < total_steps:
+                stage.save(step, model=model.state_dict(), method=method.state_dict(), optimizer=opt.optimizer.state_dict(),
+                           scheduler=opt.scheduler.state_dict(), loader=loader.state_dict(), losses=losses,
+                           elapsed=elapsed + time.perf_counter() - start, skipped=opt.skipped)
+        progress.close()
+        tail = losses[-max(1, len(losses) // 10):] or [math.nan]
+        stats = {"steps": total_steps, "train_time_s": elapsed + time.perf_counter() - start,
+                 "final_train_loss": sum(tail) / len(tail)}
+        if opt.skipped:
+            stats["skipped_steps"] = opt.skipped
+        stage.finish(model, method, stats)
     return stats
 
 

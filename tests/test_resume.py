@@ -61,15 +61,20 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert torch.equal(weights_a[key], weights_b[key]), key
 
 
-def crash_at(monkeypatch, n: int) -> None:
-    """Raise (like a kill) at the n-th training step, in the shared loop or in Betty's loop alike."""
+def killed():
+    raise SystemExit("killed")
+
+
+def crash_at(monkeypatch, n: int, action=killed) -> None:
+    """Call `action` (default: raise, like a kill) at the start of the n-th training step, in the shared
+    loop or in Betty's loop alike."""
     calls = {"n": 0}
     shared_step, betty_step = training_module.training_step, engine_module.ProgressEngine.train_step
 
     def count():
         calls["n"] += 1
         if calls["n"] == n:
-            raise SystemExit("killed")
+            action()
 
     def step(*args, **kwargs):
         count()
@@ -115,6 +120,39 @@ def test_kill_9_then_resume(glue_dir, tiny_bert_dir, tmp_path):
     assert not (out / "results.json").exists(), "the run finished before it could be killed"
     assert main(args_for(glue_dir, tiny_bert_dir, out, extra) + ["--resume"]) == 0
     assert_same_run(tmp_path / "whole", out)
+
+
+@pytest.mark.parametrize("case, n, where", [("vanilla", 5, "at step 5 of 'train'"),
+                                             ("blo-mixup", 3, "at step 3 of 'phase 1 (BLO)'"),
+                                             ("blo-mixup", 8, "at the end of 'phase 1 (BLO)'")])
+def test_sigterm_saves_after_the_step_and_resume_gives_the_same_run(case, n, where, glue_dir, tiny_bert_dir,
+                                                                      tmp_path, monkeypatch, capsys):
+    """A preempted run (SIGTERM) ends its step, saves and exits 143; --resume then loses nothing."""
+    extra = [*CASES[case], "--save-steps", 1000]  # no periodic saves: the signal makes the one here
+    assert main(args_for(glue_dir, tiny_bert_dir, tmp_path / "whole", extra)) == 0
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        crash_at(patch, n, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, extra))
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert f"stopped by SIGTERM {where}" in result.stderr and "--resume" in result.stderr
+    saved = torch.load(out / "checkpoints" / "stage0.pt", weights_only=False)
+    assert saved.get("step", "end") == (n if n < 8 else "end")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
+    assert main(args_for(glue_dir, tiny_bert_dir, out, extra) + ["--resume"]) == 0
+    assert_same_run(tmp_path / "whole", out)
+
+
+def test_second_ctrl_c_stops_at_once(glue_dir, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    def ctrl_c_twice():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        crash_at(patch, 3, ctrl_c_twice)
+        result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, tmp_path / "out", []))
+    assert result.returncode == 130 and "interrupted" in result.stderr
+    assert not (tmp_path / "out" / "checkpoints" / "stage0.pt").exists()  # --save-steps 3: the step-3 save was not reached
 
 
 def test_resume_refuses_other_options(glue_dir, tiny_bert_dir, tmp_path, monkeypatch, capsys):
