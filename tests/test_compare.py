@@ -9,14 +9,19 @@ from blo_mixup.cli import main
 from blo_mixup.methods import METHODS
 
 
+def every_method_args(task, seeds, glue_dir, model_dir, tmp_path) -> list[str]:
+    """compare with every method on a tiny model, into tmp_path/cmp; quick settings for the slow methods."""
+    return ["compare", "--tasks", task, "--methods", ",".join(sorted(METHODS)), "--seeds", seeds, "--train-size", "32",
+            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--data-dir", str(glue_dir),
+            "--model", str(model_dir), "--output-dir", str(tmp_path / "cmp"), "--no-save-model",
+            "--pac-epochs", "1", "--unroll-steps", "2", "--gd-cache-dir", str(tmp_path / "gd-cache")]
+
+
 @pytest.mark.slow
 def test_compare_all_methods_two_seeds(glue_dir, tiny_bert_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
     methods = sorted(METHODS)
-    args = ["compare", "--tasks", "rte", "--methods", ",".join(methods), "--seeds", "1,2", "--train-size", "32",
-            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--data-dir", str(glue_dir),
-            "--model", str(tiny_bert_dir), "--output-dir", str(out), "--no-save-model",
-            "--pac-epochs", "1", "--unroll-steps", "2", "--gd-cache-dir", str(tmp_path / "gd-cache")]
+    args = every_method_args("rte", "1,2", glue_dir, tiny_bert_dir, tmp_path)
     assert main(args) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in methods for s in ("1", "2"))
@@ -41,11 +46,7 @@ def test_every_method_trains_a_regression_task(glue_dir, tiny_bert_dir, tmp_path
     head, so this also loads a checkpoint whose head does not fit the task (it gets a new one)."""
     out = tmp_path / "cmp"
     methods = sorted(METHODS)
-    args = ["compare", "--tasks", "stsb", "--methods", ",".join(methods), "--seeds", "1", "--train-size", "32",
-            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--data-dir", str(glue_dir),
-            "--model", str(tiny_bert_dir), "--output-dir", str(out), "--no-save-model",
-            "--pac-epochs", "1", "--unroll-steps", "2", "--gd-cache-dir", str(tmp_path / "gd-cache")]
-    assert main(args) == 0
+    assert main(every_method_args("stsb", "1", glue_dir, tiny_bert_dir, tmp_path)) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted(r["method"] for r in rows) == methods
     for row in rows:
