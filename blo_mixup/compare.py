@@ -110,14 +110,30 @@ def cmd_compare(args) -> int:
     write_results_csv(results, output_dir / "results.csv")
     if not results:
         raise UserError(f"no finished run in {output_dir / 'runs'} yet; run the comparison without --report-only first")
-    table = summary_table(results, tasks, methods, seeds)
+    reference = _constant_prediction_scores(tasks, shared.get("data_dir"))
+    table = summary_table(results, tasks, methods, seeds, reference)
     if len(methods) > 1:
         table += "\n" + paired_table(results, tasks, methods)
     write_text_atomic(output_dir / "summary.md", table)
-    summary_plot(results, tasks, methods, output_dir / "summary.png")
+    summary_plot(results, tasks, methods, output_dir / "summary.png", reference)
     print(table)
     print(f"wrote {output_dir / 'results.csv'}, {output_dir / 'summary.md'}, {output_dir / 'summary.png'}")
     return 0
+
+
+def _constant_prediction_scores(tasks, data_dir) -> dict[str, float]:
+    """Each task's dev score for one answer everywhere (from the same data as the runs); none where the
+    dev set cannot be read now (a --report-only without the data): the summary then goes without it."""
+    from .data import load_glue
+    from .metrics import constant_prediction_score
+
+    reference = {}
+    for task in tasks:
+        try:
+            reference[task] = constant_prediction_score(task, load_glue(task, data_dir)["validation"])
+        except (UserError, OSError, ValueError) as exc:
+            print(f"no constant-prediction reference for {task}: {exc}", flush=True)
+    return reference
 
 
 def _time_left(remaining, durations) -> float | None:

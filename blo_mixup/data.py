@@ -380,14 +380,6 @@ def split_two(subset: datasets.Dataset, ratio: float, seed: int,
     return subset.select(first), subset.select(second)
 
 
-def majority_baseline(task: TaskSpec | str, dev: datasets.Dataset) -> float | None:
-    """Accuracy of always predicting dev's most frequent class; None for regression."""
-    task = get_task(task)
-    if task.is_regression or len(dev) == 0:
-        return None
-    return float(np.bincount(_column(dev, "label")).max() / len(dev))
-
-
 # ------------------------------------------------------------------------ tokenizing and batches
 
 

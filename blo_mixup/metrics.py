@@ -63,3 +63,14 @@ def main_metric_value(task: TaskSpec | str, metrics: dict) -> float:
     if task.main_metric not in metrics:
         raise KeyError(f"metrics {sorted(metrics)} lack {task.main_metric}, the main metric of {task.name}")
     return float(metrics[task.main_metric])
+
+
+def constant_prediction_score(task: TaskSpec | str, dev) -> float:
+    """The main metric of one answer for every dev example: the most frequent class, or for regression
+    the mean score. A reference a low-resource table needs: a run at this value has learned nothing."""
+    task = get_task(task)
+    labels = np.asarray(dev["label"], dtype=np.float64 if task.is_regression else np.int64)
+    if len(labels) == 0:
+        raise ValueError(f"{task.name}: the dev set is empty")
+    guess = labels.mean() if task.is_regression else np.bincount(labels).argmax()
+    return main_metric_value(task, compute_metrics(task, np.full(len(labels), guess), labels))

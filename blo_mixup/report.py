@@ -29,12 +29,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summary_table(results: list[dict], tasks: list[str], methods: list[str], expected_seeds: list[int] | None = None) -> str:
+def summary_table(results: list[dict], tasks: list[str], methods: list[str], expected_seeds: list[int] | None = None,
+                  reference: dict[str, float] | None = None) -> str:
     """Markdown: main score x100 as mean +- std over seeds per task and method, plus the average over tasks.
 
     The best mean per column is bold. The average column averages each seed's scores over the tasks
     first, so its std is the spread of the per-seed averages (only seeds present for every task).
     A cell with fewer runs than `expected_seeds` (a comparison still under way) says how many it has.
+    `reference` (task -> score, as metrics.constant_prediction_score gives) adds the line a run must beat
+    to have learned anything.
     """
     scores = {(r["task"], r["method"], r["seed"]): 100 * r["main_score"] for r in results}
     from .data import get_task
@@ -68,6 +71,9 @@ def summary_table(results: list[dict], tasks: list[str], methods: list[str], exp
     seeds_seen = sorted({s for (_, _, s) in scores})
     lines.append("")
     lines.append(f"Main metric x100, mean ± sample std over seeds {', '.join(map(str, seeds_seen))}; best mean per column in bold.")
+    if reference:
+        scores_text = ", ".join(f"{t} {100 * reference[t]:.2f}" for t in tasks if t in reference)
+        lines.append(f"One answer for every dev example (the majority class; the mean score for regression) scores: {scores_text}.")
     return "\n".join(lines) + "\n"
 
 
@@ -105,9 +111,11 @@ def paired_table(results: list[dict], tasks: list[str], methods: list[str]) -> s
     return "\n".join(lines) + "\n"
 
 
-def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path: Path) -> None:
+def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path: Path,
+                 reference: dict[str, float] | None = None) -> None:
     """One panel per task: each method's score per seed (dots), mean +- std (line and bar), and the first
-    method's mean as a dashed line across the panel, so "better than the baseline?" reads at a glance."""
+    method's mean as a dashed line across the panel, so "better than the baseline?" reads at a glance;
+    the constant-prediction score of `reference` (if given) is a dotted red line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,6 +137,10 @@ def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path
             ax.scatter([i] * len(values), values, color="#7fa7cf", s=14, zorder=3)
             if i == 0:
                 ax.axhline(mean, color="#888888", linestyle="--", linewidth=0.8, zorder=1)
+        if reference and task in reference:
+            ax.axhline(100 * reference[task], color="#c0392b", linestyle=":", linewidth=1.0, zorder=1,
+                       label="one answer for all")
+            ax.legend(loc="lower right", fontsize=8, frameon=False)
         ax.set_title(f"{task} ({get_task(task).main_metric})")
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=45, ha="right")

@@ -27,6 +27,7 @@ def test_compare_all_methods_two_seeds(glue_dir, tiny_bert_dir, tmp_path, capsys
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in methods for s in ("1", "2"))
     summary = (out / "summary.md").read_text()
     assert all(f"| {m} |" in summary for m in methods) and "average" in summary
+    assert "(the majority class; the mean score for regression) scores: rte 52.71." in summary  # 146 of 277
     assert (out / "summary.png").stat().st_size > 0
 
     # Resuming: a finished run is not redone; a killed run (folder without results.json) restarts.
@@ -88,6 +89,8 @@ def test_summary_table_mean_std_and_best(tmp_path):
     table = summary_table(results, ["rte", "mrpc"], ["a", "b"])
     assert "| a | **60.00 ± 14.14** | 80.00 ± 0.00 | **70.00 ± 7.07** |" in table
     assert "| b | 55.00 ± 0.00 | **81.00 ± 12.73** | 68.00 ± 6.36 |" in table
+    with_reference = summary_table(results, ["rte", "mrpc"], ["a", "b"], reference={"rte": 0.527, "mrpc": 0.8122})
+    assert with_reference.startswith(table.rstrip("\n")) and with_reference.endswith("scores: rte 52.70, mrpc 81.22.\n")
 
 
 def test_paired_table_differences_on_the_same_seeds():

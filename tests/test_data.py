@@ -109,9 +109,13 @@ def test_text_keeps_quote_characters_and_labels_map_by_name(glue):
     assert glue["stsb"]["train"][1]["label"] == pytest.approx(3.8)
 
 
-def test_majority_baseline(glue):
-    assert data.majority_baseline("rte", glue["rte"]["validation"]) == pytest.approx(146 / 277)
-    assert data.majority_baseline("stsb", glue["stsb"]["validation"]) is None
+def test_constant_prediction_score(glue):
+    from blo_mixup.metrics import constant_prediction_score
+
+    assert constant_prediction_score("rte", glue["rte"]["validation"]) == pytest.approx(146 / 277)  # accuracy
+    assert constant_prediction_score("mrpc", {"label": [0, 1, 1]}) == pytest.approx(0.8)  # F1 of "always 1": 2*2/(2+3)
+    assert constant_prediction_score("cola", {"label": [0, 1, 1]}) == 0.0  # Matthews of a constant answer
+    assert constant_prediction_score("stsb", {"label": [1.0, 2.5, 4.0]}) == 0.0  # Spearman of a constant score
 
 
 def test_hub_path_returns_the_same_shape(monkeypatch):
