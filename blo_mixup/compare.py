@@ -122,7 +122,7 @@ def cmd_compare(args) -> int:
 
 
 def _constant_prediction_scores(tasks, data_dir) -> dict[str, float]:
-    """Each task's dev score for one answer everywhere (from the same data as the runs); none where the
+    """Each task's dev score for a constant prediction (from the same data as the runs); none where the
     dev set cannot be read now (a --report-only without the data): the summary then goes without it."""
     from .data import load_glue
     from .metrics import constant_prediction_score

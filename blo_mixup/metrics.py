@@ -66,7 +66,7 @@ def main_metric_value(task: TaskSpec | str, metrics: dict) -> float:
 
 
 def constant_prediction_score(task: TaskSpec | str, dev) -> float:
-    """The main metric of one answer for every dev example: the most frequent class, or for regression
+    """The main metric of a constant prediction on the dev set: its most frequent class, or for regression
     the mean score. A reference a low-resource table needs: a run at this value has learned nothing."""
     task = get_task(task)
     labels = np.asarray(dev["label"], dtype=np.float64 if task.is_regression else np.int64)

@@ -73,7 +73,7 @@ def summary_table(results: list[dict], tasks: list[str], methods: list[str], exp
     lines.append(f"Main metric x100, mean ± sample std over seeds {', '.join(map(str, seeds_seen))}; best mean per column in bold.")
     if reference:
         scores_text = ", ".join(f"{t} {100 * reference[t]:.2f}" for t in tasks if t in reference)
-        lines.append(f"One answer for every dev example (the majority class; the mean score for regression) scores: {scores_text}.")
+        lines.append(f"A constant prediction (the dev set's majority class; its mean score for regression) scores: {scores_text}.")
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +139,7 @@ def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path
                 ax.axhline(mean, color="#888888", linestyle="--", linewidth=0.8, zorder=1)
         if reference and task in reference:
             ax.axhline(100 * reference[task], color="#c0392b", linestyle=":", linewidth=1.0, zorder=1,
-                       label="one answer for all")
+                       label="constant prediction")
             ax.legend(loc="lower right", fontsize=8, frameon=False)
         ax.set_title(f"{task} ({get_task(task).main_metric})")
         ax.set_xticks(range(len(methods)))
