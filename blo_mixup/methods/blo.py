@@ -180,7 +180,7 @@ class BloMixupFast(BloMixup):
 
     name = "blo-mixup-fast"
     options_class = BloMixupFastOptions
-    summary = "blo-mixup's cheaper preset: 5 lower steps per upper step (outer lr x5), 1 epoch of phase 2; about 1.6x plain fine-tuning, lower quality (blo-mixup --unroll-steps 5: 2.3x, kept it)"
+    summary = "blo-mixup's cheaper preset: 5 lower steps per upper step (outer lr x5), 1 epoch of phase 2; about 1.6x plain fine-tuning, but lost quality on STS-B (docs/method.md)"
 
 
 def average_states(states: list[dict]) -> dict:
