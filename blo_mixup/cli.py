@@ -77,8 +77,10 @@ def build_parser() -> Parser:
 
     from .bench import add_bench_parser
     from .compare import add_compare_parser
+    from .curves import add_curves_parser
 
     add_compare_parser(sub)
+    add_curves_parser(sub)
     add_bench_parser(sub)
     return parser
 
@@ -142,8 +144,9 @@ def main(argv=None) -> int:
     try:
         from .bench import cmd_bench
         from .compare import cmd_compare
+        from .curves import cmd_curves
 
-        commands.update(compare=cmd_compare, bench=cmd_bench)
+        commands.update(compare=cmd_compare, bench=cmd_bench, curves=cmd_curves)
         args = build_parser().parse_args(argv)
         return commands[args.command](args)
     except UserError as e:

@@ -343,6 +343,24 @@ def subsample(train: datasets.Dataset, n: int | None, seed: int, task: TaskSpec 
     return train.select(rows)
 
 
+def heldout_sample(train: datasets.Dataset, subset: datasets.Dataset, n: int, seed: int,
+                   task: TaskSpec | str) -> datasets.Dataset:
+    """A stratified sample of n training rows that are not in `subset` (matched by "idx").
+
+    Held-out training data to choose a protocol on (learning curves), so that the dev set, which the
+    tables report, is never looked at while choosing. Seeded with (seed, 2): its own random stream.
+    """
+    task = get_task(task)
+    taken = set(_column(subset, "idx").tolist())
+    rest = [i for i, idx in enumerate(_column(train, "idx").tolist()) if idx not in taken]
+    if n <= 0 or n > len(rest):
+        raise UserError(f"held-out size {n} must be between 1 and the {len(rest)} training examples of "
+                        f"{task.name} outside the subsample; lower --heldout-size or --train-size")
+    remaining = train.select(rest)
+    rows = _stratified_pick(remaining, n, np.random.default_rng((seed, 2)), task, at_least_one=False)
+    return remaining.select(rows)
+
+
 def split_sizes(n: int, ratio: float) -> int:
     """The size of D1 when n examples are split at ratio; a UserError when D1 or D2 would be empty.
 

@@ -77,3 +77,47 @@ def load_model_and_tokenizer(name: str, task, *, eager_attention: bool = False, 
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def mean_pooling_head(model):
+    """The same model with its classifier reading the mean of the token vectors instead of pooler([CLS]).
+
+    Sentence-transformers checkpoints (the packaged MiniLM) were trained with mean pooling: their [CLS]
+    vector is no sentence vector and their pooler was never trained. The returned module wraps a
+    *ForSequenceClassification model whose `classifier` maps hidden-size vectors to logits (BERT-like
+    models), reuses its encoder, dropout and classifier, and computes the loss its config asks for.
+    Used by `blo-mixup curves --heads mean` to measure whether such a head helps.
+    """
+    import torch
+    from torch import nn
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear) or classifier.in_features != model.config.hidden_size:
+        raise UserError(f"a mean-pooling head needs a BERT-like model whose classifier is one linear layer; "
+                        f"{type(model).__name__} has {type(classifier).__name__}: use the default head (--heads cls)")
+
+    class MeanPooling(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+            inner = self.inner
+            hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                      token_type_ids=token_type_ids, **kwargs).last_hidden_state
+            mask = (attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device))
+            mask = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            dropout = getattr(inner, "dropout", None) or nn.Identity()
+            logits = inner.classifier(dropout(pooled))
+            loss = None
+            if labels is not None:
+                if inner.config.problem_type == "regression":
+                    loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+                else:
+                    loss = nn.functional.cross_entropy(logits, labels)
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    return MeanPooling(model)

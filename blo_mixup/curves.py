@@ -1,0 +1,290 @@
+"""`blo-mixup curves`: learning curves of plain fine-tuning on held-out training data, to choose a protocol.
+
+A comparison of methods is only worth running where plain fine-tuning clearly beats a constant
+prediction. Whether it does, and after how many updates, at which learning rate and with which head, is
+measured here on held-out TRAINING examples (a stratified sample of the GLUE train split outside the
+run's subsample), never on the dev set that the tables report.
+
+One run = (task, train size, head, lr, warmup, epochs, seed): plain fine-tuning with the shared loop's
+optimizer (AdamW, linear warmup and decay over all `epochs`), evaluated on the held-out sample after
+every epoch. Each finished run is one JSON file under OUTPUT_DIR/runs/, never redone, so the grid
+resumes where it stopped; curves.csv, curves.md and curves.png are written from every finished run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+HEADS = ("cls", "mean")
+
+
+@dataclass(frozen=True)
+class CurveRun:
+    """One point of the grid: everything that decides a learning curve."""
+
+    task: str
+    train_size: int
+    head: str  # "cls": the model's own head, tanh(pooler([CLS])); "mean": mean of the token vectors
+    lr: float
+    warmup_ratio: float
+    epochs: int
+    seed: int
+    heldout_size: int = 500
+    model: str = "minilm"
+    batch_size: int = 16
+    max_length: int = 128
+
+    @property
+    def config_name(self) -> str:
+        return f"{self.head}-lr{self.lr:g}-wu{self.warmup_ratio:g}-ep{self.epochs}"
+
+    def path(self, root: Path) -> Path:
+        return root / "runs" / self.task / f"n{self.train_size}" / self.config_name / f"seed{self.seed}.json"
+
+
+def run_curve(spec: CurveRun, data_dir: str | None, device: str | None = None) -> dict:
+    """Train as `spec` says and return the held-out metrics after every epoch (and the constant reference)."""
+    import torch
+    from transformers import set_seed
+
+    from .config import RunConfig
+    from .data import get_task, heldout_sample, load_glue, subsample
+    from .methods.vanilla import Vanilla
+    from .metrics import compute_metrics, main_metric_value
+    from .models import load_model_and_tokenizer, mean_pooling_head
+    from .training import Optimization, RunContext, evaluate, steps_for, to_device, training_step
+
+    task = get_task(spec.task)
+    glue = load_glue(task, data_dir)
+    train_raw = subsample(glue["train"], spec.train_size, spec.seed, task)
+    heldout_raw = heldout_sample(glue["train"], train_raw, spec.heldout_size, spec.seed, task)
+    set_seed(spec.seed)
+    model, tokenizer = load_model_and_tokenizer(spec.model, task)
+    if spec.head == "mean":
+        model = mean_pooling_head(model)
+    run = RunConfig(task=task.name, model=spec.model, train_size=spec.train_size, seed=spec.seed, epochs=spec.epochs,
+                    batch_size=spec.batch_size, max_length=spec.max_length, lr=spec.lr, warmup_ratio=spec.warmup_ratio)
+    ctx = RunContext(run=run, task=task, tokenizer=tokenizer, train_raw=train_raw, train=None, dev=None,
+                     device=torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")),
+                     output_dir=Path("."), lr=spec.lr)
+    ctx.train, ctx.dev = ctx.tokenize(train_raw), ctx.tokenize(heldout_raw)
+
+    # The constant reference: the training subsample's majority class (its mean score for regression).
+    labels = train_raw["label"]
+    guess = statistics.fmean(labels) if task.is_regression else max(set(labels), key=labels.count)
+    constant = main_metric_value(task, compute_metrics(task, [guess] * len(ctx.dev), ctx.dev["labels"]))
+
+    method = Vanilla(run=run)
+    steps_per_epoch = steps_for(len(ctx.train), run.batch_size, 1)
+    total = steps_per_epoch * spec.epochs
+    set_seed(spec.seed)
+    opt = Optimization.build(model, method, ctx, lr=spec.lr, total_steps=total, max_grad_norm=run.max_grad_norm)
+    model.to(ctx.device).train()
+    loader = ctx.loader(ctx.train)
+    points, step, started = [], 0, time.perf_counter()
+    for epoch in range(1, spec.epochs + 1):
+        losses = []
+        for batch in loader:
+            step += 1
+            loss = training_step(model, method, ctx, to_device(batch, ctx.device), step, opt)
+            if loss is not None:
+                losses.append(loss)
+        metrics = evaluate(model, ctx)
+        points.append({"epoch": epoch, "step": step, "train_loss": statistics.fmean(losses) if losses else math.nan,
+                       "heldout": metrics, "main_score": metrics[task.main_metric]})
+    return {"spec": asdict(spec), "main_metric": task.main_metric, "constant_score": constant,
+            "steps_per_epoch": steps_per_epoch, "train_time_s": round(time.perf_counter() - started, 1),
+            "curve": points}
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def read_curves(root: Path) -> list[dict]:
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*/*/*/seed*.json"))]
+
+
+def _groups(curves: list[dict]) -> dict[tuple, list[dict]]:
+    """(task, train_size, config name) -> that configuration's finished seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in curves:
+        spec = CurveRun(**c["spec"])
+        groups.setdefault((spec.task, spec.train_size, spec.config_name), []).append(c)
+    return groups
+
+
+def curve_rows(curves: list[dict]) -> list[dict]:
+    """One row per (run, epoch): the flat table behind curves.csv."""
+    rows = []
+    for c in curves:
+        for point in c["curve"]:
+            rows.append({**c["spec"], "epoch": point["epoch"], "step": point["step"], "train_loss": point["train_loss"],
+                         "main_metric": c["main_metric"], "heldout_score": point["main_score"],
+                         "constant_score": c["constant_score"]})
+    return rows
+
+
+def margin_table(curves: list[dict]) -> str:
+    """Markdown: per task, size and configuration, the held-out score at every epoch as mean over seeds,
+    and the best epoch's margin over the constant prediction in standard errors (paired per seed)."""
+    lines = ["| task | n | configuration | seeds | held-out score x100 by epoch (mean over seeds) | constant | best epoch: margin ± SE (margin / SE) |",
+             "|---|---|---|---|---|---|---|"]
+    for (task, size, name), runs in sorted(_groups(curves).items()):
+        epochs = min(len(r["curve"]) for r in runs)
+        means = [statistics.fmean(r["curve"][e]["main_score"] for r in runs) for e in range(epochs)]
+        best = max(range(epochs), key=lambda e: means[e])
+        margins = [r["curve"][best]["main_score"] - r["constant_score"] for r in runs]
+        mean = statistics.fmean(margins)
+        se = statistics.stdev(margins) / math.sqrt(len(margins)) if len(margins) > 1 else math.nan
+        ratio = f"{mean / se:.1f}" if se and not math.isnan(se) else "-"
+        constant = statistics.fmean(r["constant_score"] for r in runs)
+        curve = " ".join(f"{100 * m:.1f}" for m in means)
+        lines.append(f"| {task} | {size} | {name} | {len(runs)} | {curve} | {100 * constant:.1f} | "
+                     f"{best + 1}: {100 * mean:+.1f} ± {100 * se:.1f} ({ratio}) |")
+    lines += ["", "Held-out: a stratified sample of the GLUE train split outside each seed's subsample (never the dev set). "
+              "Margin: best epoch's score minus the constant prediction (the subsample's majority class; its mean for "
+              "regression), per seed, mean ± standard error over seeds. The best epoch is picked on the same held-out "
+              "scores, so its margin is optimistic; read the whole curve."]
+    return "\n".join(lines) + "\n"
+
+
+def curves_plot(curves: list[dict], path: Path) -> None:
+    """One panel per (task, train size): mean ± std over seeds of the held-out score per epoch, one line per
+    configuration, and the constant prediction as a dotted red line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(curves)
+    panels = sorted({(t, n) for t, n, _ in groups})
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for ax, (task, size) in zip(axes.flat, panels):
+        constants = []
+        for (t, n, name), runs in sorted(groups.items()):
+            if (t, n) != (task, size):
+                continue
+            epochs = min(len(r["curve"]) for r in runs)
+            values = [[100 * r["curve"][e]["main_score"] for r in runs] for e in range(epochs)]
+            means = [statistics.fmean(v) for v in values]
+            stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            x = list(range(1, epochs + 1))
+            line, = ax.plot(x, means, marker="o", ms=3, label=f"{name} ({len(runs)} seeds)")
+            ax.fill_between(x, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=line.get_color(), alpha=0.12)
+            constants += [100 * r["constant_score"] for r in runs]
+        ax.axhline(statistics.fmean(constants), color="#c0392b", linestyle=":", linewidth=1.0, label="constant prediction")
+        ax.set_title(f"{task}, {size} examples")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"held-out {groups[next(k for k in groups if k[:2] == (task, size))][0]['main_metric']} x100")
+        ax.legend(fontsize=6, frameon=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(root: Path) -> str:
+    import csv
+    import io
+
+    from .runs import write_text_atomic
+
+    curves = read_curves(root)
+    if not curves:
+        raise UserError(f"no finished learning curve in {root / 'runs'} yet; run `blo-mixup curves` without --report-only first")
+    rows = curve_rows(curves)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(root / "curves.csv", buffer.getvalue())
+    table = margin_table(curves)
+    write_text_atomic(root / "curves.md", table)
+    curves_plot(curves, root / "curves.png")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _numbers(text: str, kind: str, cast):
+    try:
+        values = [cast(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--{kind} must be a comma-separated list of numbers; got '{text}'") from None
+    if not values or any(v <= 0 for v in values if kind != "warmup-ratios") or any(not 0 <= v < 1 for v in values if kind == "warmup-ratios"):
+        raise UserError(f"--{kind} '{text}' needs values that are positive (warmup ratios: in [0, 1))")
+    return values
+
+
+def add_curves_parser(sub) -> None:
+    parser = sub.add_parser("curves", help="learning curves of plain fine-tuning on held-out training data (choose a protocol)")
+    parser.add_argument("--tasks", required=True, help="comma-separated GLUE tasks, e.g. sst2,stsb")
+    parser.add_argument("--train-sizes", default="300", help="training examples per seed, e.g. 300,1000 (default: 300)")
+    parser.add_argument("--seeds", default="1-5", help="a list or a range, like 1,2,3 or 1-5 (default: 1-5)")
+    parser.add_argument("--heads", default="cls", help="cls (pooler over [CLS], the model's own), mean (mean pooling), or both: cls,mean")
+    parser.add_argument("--lrs", default="1e-4", help="learning rates, e.g. 1e-4,3e-4 (default: 1e-4)")
+    parser.add_argument("--warmup-ratios", default="0.1", help="fractions of linear warmup, e.g. 0.06,0.1 (default: 0.1)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of each run; held-out evaluation after each (default: 10)")
+    parser.add_argument("--heldout-size", type=int, default=500, help="held-out training examples per seed (default: 500)")
+    parser.add_argument("--model", default="minilm", help="model name or path (default: minilm)")
+    parser.add_argument("--data-dir", help="local GLUE folder; default: the hub")
+    parser.add_argument("--output-dir", required=True, help="folder for the runs, curves.csv, curves.md and curves.png")
+    parser.add_argument("--shard", default="1/1", help="K/N: run every N-th grid point from the K-th, for N processes side by side")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; write the report from the finished runs")
+
+
+def cmd_curves(args) -> int:
+    from .compare import _csv, _seeds
+    from .data import get_task
+    from .runs import write_json_atomic
+
+    tasks = [get_task(t).name for t in _csv(args.tasks, "tasks")]
+    heads = _csv(args.heads, "heads")
+    for head in heads:
+        if head not in HEADS:
+            raise UserError(f"unknown head '{head}' in --heads; choose cls or mean")
+    if args.epochs < 1 or args.heldout_size < 1:
+        raise UserError("--epochs and --heldout-size must be at least 1")
+    try:
+        shard, shards = (int(x) for x in args.shard.split("/"))
+        assert 1 <= shard <= shards
+    except (ValueError, AssertionError):
+        raise UserError(f"--shard must be K/N with 1 <= K <= N, like 1/2; got '{args.shard}'") from None
+    root = Path(args.output_dir)
+    grid = [CurveRun(task, size, head, lr, warmup, args.epochs, seed, args.heldout_size, args.model)
+            for size, head, lr, warmup, seed, task in itertools.product(
+                _numbers(args.train_sizes, "train-sizes", int), heads, _numbers(args.lrs, "lrs", float),
+                _numbers(args.warmup_ratios, "warmup-ratios", float), _seeds(args.seeds), tasks)]
+    mine = grid[shard - 1::shards]
+    if not args.report_only:
+        for i, spec in enumerate(mine, 1):
+            path = spec.path(root)
+            label = f"[{i}/{len(mine)}] {spec.task} n{spec.train_size} {spec.config_name} seed {spec.seed}"
+            if path.is_file():
+                print(f"{label}: done earlier", flush=True)
+                continue
+            print(f"{label}: running", flush=True)
+            result = run_curve(spec, args.data_dir)
+            write_json_atomic(path, result)
+            scores = " ".join(f"{100 * p['main_score']:.1f}" for p in result["curve"])
+            print(f"{label}: held-out {result['main_metric']} by epoch {scores} (constant {100 * result['constant_score']:.1f}); "
+                  f"{result['train_time_s']:.0f} s", flush=True)
+    print(write_report(root))
+    print(f"wrote {root / 'curves.csv'}, {root / 'curves.md'}, {root / 'curves.png'}")
+    return 0
