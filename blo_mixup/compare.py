@@ -63,7 +63,7 @@ def cmd_compare(args) -> int:
     from .data import get_task
     from .finetune import run_finetune
     from .methods import get_method
-    from .report import paired_table, summary_plot, summary_table, write_results_csv
+    from .report import paired_table, summary_plot, summary_table, updates_table, write_results_csv
     from .runs import is_finished, read_results, write_text_atomic
 
     tasks = [get_task(t).name for t in _csv(args.tasks, "tasks")]
@@ -112,7 +112,8 @@ def cmd_compare(args) -> int:
         raise UserError(f"no finished run in {output_dir / 'runs'} yet; run the comparison without --report-only first")
     reference = _constant_prediction_scores(tasks, shared.get("data_dir"))
     table = summary_table(results, tasks, methods, seeds, reference)
-    if len(methods) > 1:
+    table += "\n" + updates_table(results, tasks, methods)
+    if len(methods) > 1 and len({r["seed"] for r in results}) > 1:
         table += "\n" + paired_table(results, tasks, methods)
     write_text_atomic(output_dir / "summary.md", table)
     summary_plot(results, tasks, methods, output_dir / "summary.png", reference)

@@ -90,6 +90,7 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
         "method": method.name,
         "seed": run.seed,
         "train_size": len(ctx.train),
+        "weight_updates": method.weight_updates(stats),
         "metrics": metrics,
         "main_metric": ctx.task.main_metric,
         "main_score": metrics[ctx.task.main_metric],

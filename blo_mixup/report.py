@@ -9,12 +9,12 @@ from pathlib import Path
 
 from .runs import write_text_atomic
 
-CSV_FIELDS = ["task", "method", "seed", "train_size", "main_metric", "main_score", "train_time_s", "total_time_s"]
+CSV_FIELDS = ["task", "method", "seed", "train_size", "weight_updates", "main_metric", "main_score", "train_time_s", "total_time_s"]
 
 
 def write_results_csv(results: list[dict], path: Path) -> None:
     metric_names = sorted({m for r in results for m in r["metrics"]})
-    rows = [[r[f] for f in CSV_FIELDS] + [r["metrics"].get(m, "") for m in metric_names] for r in results]
+    rows = [[r.get(f, "") for f in CSV_FIELDS] + [r["metrics"].get(m, "") for m in metric_names] for r in results]
     import io
 
     buffer = io.StringIO()
@@ -65,15 +65,44 @@ def summary_table(results: list[dict], tasks: list[str], methods: list[str], exp
                 row.append("-")
                 continue
             mean, std, n = cells[c, method]
-            text = f"{mean:.2f} ± {std:.2f}" + (f" ({n} of {len(expected_seeds)} seeds)" if expected_seeds and n < len(expected_seeds) else "")
+            text = (f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}") + \
+                (f" ({n} of {len(expected_seeds)} seeds)" if expected_seeds and n < len(expected_seeds) else "")
             row.append(f"**{text}**" if mean == best[c] else text)
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     seeds_seen = sorted({s for (_, _, s) in scores})
     lines.append("")
-    lines.append(f"Main metric x100, mean ± sample std over seeds {', '.join(map(str, seeds_seen))}; best mean per column in bold.")
+    if len(seeds_seen) == 1:
+        lines.append(f"Main metric x100 of ONE seed ({seeds_seen[0]}): no spread is known, and seed-to-seed differences of "
+                     "several points are common at this size; run more seeds (--seeds 1-5) before reading a difference.")
+    else:
+        lines.append(f"Main metric x100, mean ± sample std over seeds {', '.join(map(str, seeds_seen))}; best mean per column in bold.")
     if reference:
         scores_text = ", ".join(f"{t} {100 * reference[t]:.2f}" for t in tasks if t in reference)
         lines.append(f"A constant prediction (the dev set's majority class; its mean score for regression) scores: {scores_text}.")
+    return "\n".join(lines) + "\n"
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean of paired differences (needs two or more values)."""
+    from scipy import stats
+
+    mean, std = mean_std(values)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def updates_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
+    """Markdown: each method's optimizer steps on the task weights per task (runs agree unless a method stops
+    early: then the range), so a gain can be read against the budget that bought it."""
+    lines = ["| weight updates | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for method in methods:
+        row = []
+        for task in tasks:
+            counts = sorted({r["weight_updates"] for r in results
+                             if r["task"] == task and r["method"] == method and r.get("weight_updates") is not None})
+            row.append("-" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    lines += ["", "Optimizer steps on the task weights W per run (blo-mixup: phase-1 lower steps plus phase 2)."]
     return "\n".join(lines) + "\n"
 
 
@@ -92,7 +121,9 @@ def paired_table(results: list[dict], tasks: list[str], methods: list[str]) -> s
             return "-"
         mean, std = mean_std(differences)
         wins = sum(d > 0 for d in differences)
-        return f"{mean:+.2f} ± {std:.2f} ({wins}/{len(differences)} higher)"
+        low, high = mean_interval(differences)
+        interval = f"; 95% CI {low:+.2f} to {high:+.2f}" if len(differences) > 1 else ""
+        return f"{mean:+.2f} ± {std:.2f} ({wins}/{len(differences)} higher{interval})"
 
     lines = [f"| against {baseline}, same seeds | " + " | ".join(tasks + ["average"]) + " |",
              "|" + "---|" * (len(tasks) + 2)]
@@ -107,7 +138,8 @@ def paired_table(results: list[dict], tasks: list[str], methods: list[str]) -> s
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     lines.append("")
     lines.append(f"Difference to {baseline} x100 on the same seed, mean ± sample std over seeds; "
-                 "(k/n higher): seeds on which the method scored above it.")
+                 "(k/n higher): seeds on which the method scored above it; 95% CI: Student-t interval of the mean "
+                 "difference (an interval that excludes 0 is a difference the seeds support).")
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +180,8 @@ def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path
         ax.set_ylabel("dev score x100")
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
+    if len({r["seed"] for r in results}) == 1:
+        fig.suptitle("ONE seed: no spread known; differences of a few points are within seed-to-seed noise", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)

@@ -190,15 +190,17 @@ def skip_nonfinite(ctx: RunContext, opt: Optimization, error: NonFiniteError) ->
 
 
 def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr: float, max_grad_norm: float | None = None,
-               desc: str = "train") -> dict[str, Any]:
+               desc: str = "train", steps: int | None = None) -> dict[str, Any]:
     """Fine-tune `model` on `train_data` with AdamW and a linear warmup schedule, through `method`'s hooks.
+
+    `steps` (optional) sets the number of optimizer steps instead of `epochs`.
 
     One checkpoint stage (checkpoint.py): saves every --save-steps steps; on --resume it continues
     from the last save, or returns at once (with the saved end state) if it had finished.
     """
     from .checkpoint import restore_rng, stage_for, stop_at_next_step
 
-    total_steps = steps_for(len(train_data), ctx.run.batch_size, epochs)
+    total_steps = steps or steps_for(len(train_data), ctx.run.batch_size, epochs)
     opt = Optimization.build(model, method, ctx, lr=lr, total_steps=total_steps,
                              max_grad_norm=ctx.run.max_grad_norm if max_grad_norm is None else max_grad_norm)
     model.to(ctx.device).train()

@@ -79,6 +79,18 @@ class Method:
         """Extra method-specific fields for results.json."""
         return {}
 
+    # --- budget ---------------------------------------------------------------------------------
+    def planned_weight_updates(self, num_examples: int, run) -> int:
+        """Optimizer steps on the task weights W that this method will take on `num_examples` examples:
+        the figure comparisons match budgets by (vanilla-matched). Default: one loop of --epochs."""
+        from ..training import steps_for
+
+        return steps_for(num_examples, run.batch_size, run.epochs)
+
+    def weight_updates(self, stats: dict[str, Any]) -> int:
+        """Optimizer steps taken on W, from fit()'s statistics (results.json's "weight_updates")."""
+        return int(stats["steps"])
+
     # --- checkpoints (checkpoint.py) ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What the method changes during training besides the model's weights (masks, counters):

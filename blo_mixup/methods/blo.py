@@ -158,6 +158,19 @@ class BloMixup(Method):
     def results(self):
         return {"blo": self.stats}
 
+    def planned_weight_updates(self, num_examples, run):
+        """Phase 1's lower steps over D1 (one fold: folds are averaged, not chained) plus phase 2's steps."""
+        from ..data import split_sizes
+        from ..training import steps_for
+
+        o = self.options
+        phase1 = steps_for(split_sizes(num_examples, o.split_ratio), run.batch_size, o.phase1_epochs or run.epochs)
+        phase2_epochs = run.epochs if o.phase2_epochs is None else o.phase2_epochs
+        return phase1 + (steps_for(num_examples, run.batch_size, phase2_epochs) if phase2_epochs > 0 else 0)
+
+    def weight_updates(self, stats):
+        return int(stats["phase1"]["lower_steps"]) + int(stats.get("phase2", {}).get("steps", 0))
+
 
 @dataclass
 class BloMixupFastOptions(BloMixupOptions):

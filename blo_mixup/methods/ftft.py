@@ -233,6 +233,12 @@ class Ftft(Method):
                                    "train_time_s": round(stats["train_time_s"], 3)}
         return recorder.records
 
+    def planned_weight_updates(self, num_examples, run):
+        """The main model's most steps (early stopping may take fewer); the reference model is not counted."""
+        from ..training import steps_for
+
+        return self.options.ftft_max_steps or steps_for(num_examples, run.batch_size, run.epochs)
+
     def fit(self, model, ctx):
         from ..data import split_two
         from ..training import steps_for

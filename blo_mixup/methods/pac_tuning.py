@@ -255,6 +255,12 @@ class PacTuning(Method):
                     param.requires_grad_(False)
         return model
 
+    def planned_weight_updates(self, num_examples, run):
+        from ..training import steps_for
+
+        o = self.options
+        return max(1, round(o.pac_epochs)) if o.pac_full_batch else steps_for(num_examples, run.batch_size, o.pac_epochs)
+
     def fit(self, model, ctx):
         from ..training import iterate_batches, steps_for, to_device
 
