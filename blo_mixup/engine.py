@@ -181,8 +181,10 @@ def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, d
                           weight_decay=settings.lower_weight_decay, lr=settings.lower_lr,
                           example_weights="data" if three_levels else None)
     # In three levels the attention is also a lower problem (of the data weights): its Config then
-    # carries the hypergradient used through it, DARTS (the only one Betty allows there).
-    attention_config = (hypergradient_config("darts", retain_graph=True, first_order=True) if three_levels
+    # carries the hypergradient used through it. A finite difference is the only kind Betty allows
+    # there; darts-plain (identity, a unit step) is the form checked against unrolled finite
+    # differences (docs/three-levels.md), and it does not depend on the attention optimizer's state.
+    attention_config = (hypergradient_config("darts-plain", retain_graph=True, first_order=True) if three_levels
                         else upper_config())
     attention = MixupAttention("attention", attention_config, mixup, upper_optimizer, upper_scheduler, d2_loader)
     problems = [weights, attention]

@@ -10,15 +10,18 @@ part to the upper parameters' ``.grad`` itself and returns None, as Betty's own 
 
 Importing this module registers the project's methods (idempotent):
 
-    user name   registered type   computes  -(d2 L_low / d lambda d w) . x   with x =
-    darts       blo_darts         v                         (identity as inverse Hessian)
-    sama        blo_sama          P v                       (P = d(optimizer update)/d(gradient))
-    neumann     blo_neumann       alpha sum_k (I - alpha H)^k v   (truncated Neumann series)
-    cg          blo_cg            H^-1 v by conjugate gradient     (Betty 0.2.1's CG is wrong)
+    user name    registered type   computes  -(d2 L_low / d lambda d w) . x   with x =
+    darts        blo_darts         s v: one scalar s per weight tensor, from the lower optimizer's
+                                   state (the official code's preconditioned DARTS, Betty 0.2.0;
+                                   Adam: s = 1 / RMS of the bias-corrected second moment; SGD: 1)
+    darts-plain  blo_darts_plain   v                               (identity as inverse Hessian)
+    sama         blo_sama          P v             (P = d(optimizer update)/d(gradient), exact)
+    neumann      blo_neumann       alpha sum_k (I - alpha H)^k v   (truncated Neumann series)
+    cg           blo_cg            H^-1 v by conjugate gradient    (Betty 0.2.1's CG is wrong)
 
 ``hypergradient_config(name, ...)`` returns the LOWER problem's Betty Config for a method. The
-finite-difference methods (darts, sama) save the lower weights and restore them bitwise, where
-Betty's add-then-subtract drifts by rounding. See docs/hypergradients.md.
+finite-difference methods (darts, darts-plain, sama) save the lower weights and restore them
+bitwise, where Betty's add-then-subtract drifts by rounding. See docs/hypergradients.md.
 """
 
 import math
@@ -32,11 +35,12 @@ from betty.configs import Config
 
 from .errors import UserError, did_you_mean, unknown_choice
 
-HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")
+HYPERGRADIENTS = ("darts", "darts-plain", "neumann", "cg", "sama")
 
 # Betty's Config.type values for the user names; Betty's own "darts", "cg", ... stay untouched.
 REGISTERED_NAMES = {
     "darts": "blo_darts",
+    "darts-plain": "blo_darts_plain",
     "neumann": "blo_neumann",
     "cg": "blo_cg",
     "sama": "blo_sama",
@@ -45,6 +49,7 @@ REGISTERED_NAMES = {
 # Defaults of hypergradient_config; None marks an option the method does not take.
 DEFAULTS = {
     "darts": {"iterations": None, "alpha": None, "radius": 0.01},
+    "darts-plain": {"iterations": None, "alpha": None, "radius": 0.01},
     "sama": {"iterations": None, "alpha": None, "radius": 0.01},
     "neumann": {"iterations": 3, "alpha": 0.01, "radius": None},
     "cg": {"iterations": 3, "alpha": None, "radius": None},
@@ -53,7 +58,7 @@ DEFAULTS = {
 _WHY_NOT = {
     "iterations": "it has no iterations (only neumann and cg do)",
     "alpha": "it has no step size (only neumann does; CG needs none)",
-    "radius": "it has no finite-difference radius (only darts and sama do)",
+    "radius": "it has no finite-difference radius (only darts, darts-plain and sama do)",
 }
 
 # Config fields hypergradient_config sets itself, and Betty features these functions do not support.
@@ -109,12 +114,12 @@ def _check_no_lower_problems(problem, method):
     if len(problem.paths) > 0:
         raise UserError(
             f"the '{method}' hypergradient cannot sit on problem '{problem.name}', which has lower "
-            "problems of its own; use 'darts' for a middle level"
+            "problems of its own; use 'darts-plain' (or 'darts') for a middle level"
         )
 
 
 # ----------------------------------------------------------------------------------------------
-# finite differences: darts and sama
+# finite differences: darts, darts-plain and sama
 
 
 def _finite_difference(vector, curr, prev, sync, radius):
@@ -154,14 +159,72 @@ def _finite_difference(vector, curr, prev, sync, radius):
             p.data.copy_(w)
 
 
-def darts(vector, curr, prev, sync):
+def darts_plain(vector, curr, prev, sync):
     """DARTS finite difference read as implicit differentiation: the identity as inverse Hessian.
 
     Returns -(d2 L_low / d lambda d w) v, approximated by a central difference with radius
     ``curr.config.darts_alpha`` (the perturbation's norm in weight space).
     """
-    _check_strategy(curr, "darts")
+    _check_strategy(curr, "darts-plain")
     return _finite_difference(vector, curr, prev, sync, curr.config.darts_alpha)
+
+
+def darts(vector, curr, prev, sync):
+    """The official mixup code's hypergradient: Betty 0.2.0's DARTS with ``darts_preconditioned=True``.
+
+    Returns -(d2 L_low / d lambda d w) (s v), where each weight tensor's part of v is scaled by one
+    scalar s from the lower optimizer's state (``darts_preconditioner``), by the same central
+    difference as ``darts_plain`` (radius ``curr.config.darts_alpha``, one dropout mask, weights
+    restored bitwise).
+    """
+    _check_strategy(curr, "darts")
+    lower_params = curr.meta_trainable_parameters()
+    optimizer = curr.optimizer
+    scaled = [v * darts_preconditioner(optimizer, p) for p, v in zip(lower_params, vector)]
+    return _finite_difference(scaled, curr, prev, sync, curr.config.darts_alpha)
+
+
+def darts_preconditioner(optimizer, param):
+    """The scalar by which Betty 0.2.0's ``precondition`` multiplies this tensor's part of the vector.
+
+    Adam-type optimizers (Adam, AdamW, and any optimizer with "adam" in its class name, "betas" in its
+    groups and "exp_avg_sq" in its state, as Betty 0.2.0 matched them), with t the step count and v
+    the second moment ``exp_avg_sq`` after the last step:
+
+        s = sqrt(1 - beta2^t) / (sqrt(mean(beta2 * v)) + eps)          (mean over the whole tensor)
+
+    i.e. about 1 / the root-mean-square over the tensor of sqrt(v / (1 - beta2^t)), Adam's
+    bias-corrected denominator: no learning rate, no (1 - beta1). Betty 0.2.0 computes ``vector / denom`` with ``denom = (sqrt(mean(beta2 * v)) +
+    eps) / sqrt(1 - beta2^t)``; the same number. A parameter the optimizer has not stepped gives 0
+    (Betty 0.2.0 divides by sqrt(1 - beta2^0) = 0 there, which also gives 0), as does one the
+    optimizer does not hold (the lower step does not move it).
+    SGD: s = 1, as Betty 0.2.0 (it returns the vector unchanged for every non-Adam optimizer).
+    Other optimizers: a UserError (Betty 0.2.0 would silently use the identity).
+    """
+    if isinstance(optimizer, torch.optim.SGD):
+        return 1.0
+    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), None)
+    adam_type = isinstance(optimizer, torch.optim.Adam) or "adam" in type(optimizer).__name__.lower()
+    if not adam_type or (group is not None and "betas" not in group):
+        raise UserError(
+            f"the 'darts' hypergradient (the official code's preconditioned DARTS) supports Adam-type and "
+            f"SGD lower optimizers, not {type(optimizer).__name__}; use 'darts-plain' (no preconditioning)"
+        )
+    if group is None:
+        return 0.0  # not trained by this optimizer
+    state = optimizer.state.get(param, {})
+    step = float(state["step"]) if "step" in state else 0.0
+    if step == 0:
+        return 0.0
+    if "exp_avg_sq" not in state:
+        raise UserError(
+            f"the 'darts' hypergradient reads Adam's second moment 'exp_avg_sq', which "
+            f"{type(optimizer).__name__} does not keep; use 'darts-plain' (no preconditioning)"
+        )
+    beta2, eps = float(group["betas"][1]), group["eps"]
+    with torch.no_grad():
+        rms = (beta2 * state["exp_avg_sq"]).mean().sqrt()
+        return math.sqrt(1 - beta2**step) / (rms + eps)
 
 
 def sama(vector, curr, prev, sync):
@@ -240,7 +303,7 @@ def _check_sama_optimizer(optimizer, group):
     else:
         raise UserError(
             f"the 'sama' hypergradient supports Adam, AdamW and SGD lower optimizers, not "
-            f"{type(optimizer).__name__}; change the lower optimizer or use 'darts'"
+            f"{type(optimizer).__name__}; change the lower optimizer or use 'darts-plain'"
         )
 
 
@@ -381,7 +444,7 @@ def _double_backward(method):
         reason = str(error).strip().splitlines()[0]
         raise UserError(
             f"the '{method}' hypergradient needs second derivatives, which this model lacks ({reason}); "
-            "use --hypergradient darts or sama, or load the model with attn_implementation=\"eager\""
+            "use --hypergradient darts, darts-plain or sama, or load the model with attn_implementation=\"eager\""
         ) from error
 
 
@@ -416,7 +479,7 @@ def cg(vector, curr, prev, sync):
 # ----------------------------------------------------------------------------------------------
 # registration and configuration
 
-_FUNCTIONS = {"darts": darts, "neumann": neumann, "cg": cg, "sama": sama}
+_FUNCTIONS = {"darts": darts, "darts-plain": darts_plain, "neumann": neumann, "cg": cg, "sama": sama}
 
 
 def register():
@@ -463,10 +526,10 @@ def _positive_float(value, option, method):
 def hypergradient_config(name, *, iterations=None, alpha=None, radius=None, unroll_steps=1, **betty_kwargs):
     """The LOWER problem's Betty Config for hypergradient method ``name``.
 
-    name: "darts" | "neumann" | "cg" | "sama" (case-insensitive).
+    name: "darts" | "darts-plain" | "neumann" | "cg" | "sama" (case-insensitive).
     iterations: neumann, cg: Hessian-vector products per hypergradient (default 3).
     alpha: neumann only: series step, needs 0 < alpha * eig(H) < 2 (default 0.01).
-    radius: darts, sama: norm of the finite-difference probe in weight space (default 0.01).
+    radius: darts, darts-plain, sama: norm of the finite-difference probe in weight space (default 0.01).
     unroll_steps: lower steps per upper step (default 1).
     betty_kwargs: other Config fields (gradient_clipping, precision, log_step, ...).
     An option the method does not take, a non-positive value, or an unknown field is a UserError.
@@ -494,7 +557,7 @@ def hypergradient_config(name, *, iterations=None, alpha=None, radius=None, unro
 
     options = {"type": REGISTERED_NAMES[method],
                "unroll_steps": _positive_int(unroll_steps, "unroll_steps", method)}
-    if method == "darts":
+    if method in ("darts", "darts-plain"):
         options["darts_alpha"] = _positive_float(settings["radius"], "radius", method)
     elif method == "sama":
         options["sama_adam_alpha"] = _positive_float(settings["radius"], "radius", method)
@@ -509,6 +572,6 @@ def hypergradient_config(name, *, iterations=None, alpha=None, radius=None, unro
 
 __all__ = [
     "HYPERGRADIENTS", "REGISTERED_NAMES", "DEFAULTS", "hypergradient_config", "needs_double_backward",
-    "register", "prepare_sama", "darts", "sama", "neumann", "cg", "neumann_inverse_hvp",
+    "register", "prepare_sama", "darts", "darts_plain", "darts_preconditioner", "sama", "neumann", "cg", "neumann_inverse_hvp",
     "conjugate_gradient", "UpdateDerivativeTracker",
 ]

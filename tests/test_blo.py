@@ -25,7 +25,7 @@ def make_method(run, **options):
     return cls(cls.options_class(**options), run)
 
 
-@pytest.mark.parametrize("hypergradient", ["darts", "neumann", "cg", "sama"])
+@pytest.mark.parametrize("hypergradient", ["darts", "darts-plain", "neumann", "cg", "sama"])
 def test_phase1_and_phase2_per_hypergradient(hypergradient, glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
     run = make_run(glue_dir, tiny_bert_dir, tmp_path / "run")
     method = make_method(run, hypergradient=hypergradient, outer_lr=0.05)

@@ -13,6 +13,7 @@ Run as a script to print the accuracy and timing tables of docs/hypergradients.m
 
 import copy
 import logging
+import math
 import time
 
 import pytest
@@ -89,14 +90,28 @@ def exact_solution(X1, y1, X2, y2, lam):
     return w.detach(), hypergradient, 2 * gram.detach()
 
 
-def build(data, lower_config, w=None, lower_optimizer=None, upper_lr=1.0, train_iters=1, lower_cls=None):
+class Halves(torch.nn.Module):
+    """w held as two parameter tensors, w = [head, tail] (darts's preconditioner: one scalar per tensor)."""
+
+    def __init__(self, value, split=2):
+        super().__init__()
+        self.head = torch.nn.Parameter(value[:split].clone())
+        self.tail = torch.nn.Parameter(value[split:].clone())
+
+    @property
+    def value(self):
+        return torch.cat([self.head, self.tail])
+
+
+def build(data, lower_config, w=None, lower_optimizer=None, upper_lr=1.0, train_iters=1, lower_cls=None,
+          lower_module=Vector):
     """Engine with the lower weights at w (default: the exact optimum); returns (engine, upper, lower)."""
     X1, y1, X2, y2, lam = data
     if w is None:
         w = exact_solution(*data)[0]
     upper = Penalties("penalties", Config(retain_graph=True), Vector(lam), None, None, [(X2, y2)])
     upper.optimizer = torch.optim.SGD(upper.module.parameters(), lr=upper_lr)
-    lower = (lower_cls or Ridge)("ridge", lower_config, Vector(w), None, None, [(X1, y1)])
+    lower = (lower_cls or Ridge)("ridge", lower_config, lower_module(w), None, None, [(X1, y1)])
     # lr 0: an Engine step leaves w at the optimum, so one upper SGD step (lr 1) reads off -hypergradient.
     # Betty rebuilds every optimizer over its problem's parameters, so lower_optimizer may hold any.
     lower.optimizer = lower_optimizer or torch.optim.SGD(lower.module.parameters(), lr=0.0)
@@ -150,8 +165,10 @@ def quiet_betty():
 
 
 def test_methods_are_registered_in_betty_under_their_own_names():
+    assert hg.HYPERGRADIENTS == ("darts", "darts-plain", "neumann", "cg", "sama")
     for name in hg.HYPERGRADIENTS:
-        assert jvp_fn_mapping[hg.REGISTERED_NAMES[name]] is getattr(hg, name)
+        assert jvp_fn_mapping[hg.REGISTERED_NAMES[name]] is getattr(hg, name.replace("-", "_"))
+    assert jvp_fn_mapping["blo_darts"] is hg.darts and jvp_fn_mapping["blo_darts_plain"] is hg.darts_plain
     before = dict(jvp_fn_mapping)
     hg.register()
     assert jvp_fn_mapping == before  # idempotent
@@ -211,12 +228,12 @@ def test_cg_stops_at_negative_curvature():
 
 
 # ----------------------------------------------------------------------------------------------
-# darts and sama: finite differences that leave the lower weights bitwise unchanged
+# darts, darts-plain and sama: finite differences that leave the lower weights bitwise unchanged
 
 
-def test_darts_points_the_right_way_and_restores_the_lower_weights():
+def test_darts_plain_points_the_right_way_and_restores_the_lower_weights():
     exact = exact_solution(*WELL_DATA)[1]
-    _, upper, lower = build(WELL_DATA, hg.hypergradient_config("darts"))
+    _, upper, lower = build(WELL_DATA, hg.hypergradient_config("darts-plain"))
     before = lower.module.value.detach().clone()
     ours = hypergradient(upper, lower)
     assert torch.equal(lower.module.value, before)
@@ -226,15 +243,15 @@ def test_darts_points_the_right_way_and_restores_the_lower_weights():
     assert relative_error(ours, betty) < 1e-9
 
 
-def test_darts_is_exact_with_the_identity_as_inverse_hessian():
+def test_darts_plain_is_exact_with_the_identity_as_inverse_hessian():
     """For this lower loss dL/dlam is quadratic in w, so the central difference is exact:
-    darts returns -(d2L/dlam dw) v exactly, whatever the radius."""
+    darts-plain returns -(d2L/dlam dw) v exactly, whatever the radius."""
     X1, y1, X2, y2, lam = MID_DATA
     w = exact_solution(*MID_DATA)[0]
     v = 2 * X2.T @ (X2 @ w - y2) / len(X2)
     identity_inverse = -(2 * lam.exp() * w) * v
     for radius in (1e-3, 0.01, 1.0):
-        estimate = hypergradient(*build(MID_DATA, hg.hypergradient_config("darts", radius=radius))[1:])
+        estimate = hypergradient(*build(MID_DATA, hg.hypergradient_config("darts-plain", radius=radius))[1:])
         assert relative_error(estimate, identity_inverse) < 1e-8
 
 
@@ -248,38 +265,111 @@ class DropoutRidge(ImplicitProblem):
         return ((torch.nn.functional.dropout(X, 0.5, training=True) @ scaled - y) ** 2).mean() + (w**2).sum()
 
 
-@pytest.mark.parametrize("name", ["darts", "sama"])
-def test_finite_differences_use_one_dropout_mask(name):
+@pytest.mark.parametrize("name, betty_type", [("darts", "darts"), ("darts-plain", "darts"), ("sama", "sama")])
+def test_finite_differences_use_one_dropout_mask(name, betty_type):
     """dL/dlam is quadratic in w here, so with ONE mask the central difference is exact; Betty's
     darts draws a new mask for each side and is off by orders of magnitude."""
     X1, y1, X2, y2, lam = MID_DATA
     w = exact_solution(*MID_DATA)[0]
     results = {}
-    for config in (hg.hypergradient_config(name), Config(type=name)):
+    for label, config in (("ours", hg.hypergradient_config(name)), ("betty", Config(type=betty_type))):
         optimizer = torch.optim.SGD([torch.nn.Parameter(w.clone())], lr=0.1)
         _, upper, lower = build(MID_DATA, config, lower_optimizer=optimizer, lower_cls=DropoutRidge)
         torch.manual_seed(7)
-        results[config.type] = hypergradient(upper, lower)
-    # expected: the exact mixed product on the mask that seed 7 draws first (SGD: P = lr)
+        results[label] = hypergradient(upper, lower)
+    # expected: the exact mixed product on the mask that seed 7 draws first (SGD: sama's P = lr; darts's
+    # preconditioner is 1, as Betty 0.2.0's; darts-plain has none)
     torch.manual_seed(7)
     w_param = lower.module.value
     (lower_grad,) = torch.autograd.grad(lower.training_step((X1, y1)), [w_param], create_graph=True)
     v = 2 * X2.T @ (X2 @ w - y2) / len(X2) * (0.1 if name == "sama" else 1.0)
     (expected,) = torch.autograd.grad(lower_grad, [upper.module.value], grad_outputs=v)
-    assert relative_error(results[hg.REGISTERED_NAMES[name]], -expected) < 1e-8
-    assert relative_error(results[name], -expected) > 1.0
+    assert relative_error(results["ours"], -expected) < 1e-8
+    assert relative_error(results["betty"], -expected) > 1.0
 
 
-def adam_lower(data, optimizer_cls=torch.optim.Adam, steps=3, **optimizer_kwargs):
+def adam_lower(data, optimizer_cls=torch.optim.Adam, steps=3, name="sama", lower_module=Vector, **optimizer_kwargs):
     """Engine whose lower problem took `steps` real optimizer steps (the upper stays fixed)."""
     X1, y1, X2, y2, lam = data
     start = torch.zeros(len(lam), dtype=DTYPE)
-    optimizer = optimizer_cls([torch.nn.Parameter(start.clone())], **optimizer_kwargs)
-    engine, upper, lower = build(data, hg.hypergradient_config("sama"), w=start, lower_optimizer=optimizer,
-                                 upper_lr=0.0, train_iters=steps)
-    tracker = hg.prepare_sama(lower)
+    module = lower_module(start)
+    optimizer = optimizer_cls(module.parameters(), **optimizer_kwargs)
+    engine, upper, lower = build(data, hg.hypergradient_config(name), w=start, lower_optimizer=optimizer,
+                                 upper_lr=0.0, train_iters=steps, lower_module=lower_module)
+    tracker = hg.prepare_sama(lower) if name == "sama" else None
     engine.run()
     return upper, lower, tracker
+
+
+def betty_020_scale(optimizer, param):
+    """Betty 0.2.0's hypergradient.utils.precondition for Adam, as it reads: vector / denom, one denom
+    per parameter tensor (written out here independently of blo_mixup.hypergradients)."""
+    state, group = optimizer.state[param], optimizer.param_groups[0]
+    beta2 = group["betas"][1]
+    denom = torch.add(torch.sqrt(torch.mean(beta2 * state["exp_avg_sq"])), group["eps"]) / math.sqrt(
+        1 - beta2 ** float(state["step"]))
+    return 1 / denom
+
+
+def test_darts_is_the_official_codes_preconditioned_finite_difference_and_restores_weights():
+    """darts = -(d2L/dlam dw) (s v), s = Betty 0.2.0's preconditioner, one scalar per weight tensor,
+    after 3 real Adam steps (the lower weights w = [head, tail] are two tensors). The lower loss's
+    dL/dlam is quadratic in w, so the central difference is exact: any other preconditioner fails."""
+    X1, y1, X2, y2, lam = MID_DATA
+    upper, lower, _ = adam_lower(MID_DATA, steps=3, name="darts", lower_module=Halves, lr=0.05)
+    head, tail = lower.module.head, lower.module.tail
+    before = [head.detach().clone(), tail.detach().clone()]
+    w = lower.module.value.detach()
+    v = 2 * X2.T @ (X2 @ w - y2) / len(X2)
+    mixed = -(2 * lam.exp() * w)  # -(d2L/dlam dw), diagonal
+
+    def expected(head_scale, tail_scale=None):
+        tail_scale = head_scale if tail_scale is None else tail_scale
+        return mixed * torch.cat([head_scale * v[:2], tail_scale * v[2:]])
+
+    optimizer = lower.optimizer
+    s_head, s_tail = betty_020_scale(optimizer, head), betty_020_scale(optimizer, tail)
+    estimate = hypergradient(upper, lower)
+    assert torch.equal(head, before[0]) and torch.equal(tail, before[1])
+    assert relative_error(estimate, expected(s_head, s_tail)) < 1e-10
+    assert float(hg.darts_preconditioner(optimizer, head)) == pytest.approx(s_head.item(), rel=1e-12)
+
+    # what any other reading of "preconditioned" would give: each is far from the estimate
+    beta2, eps, lr = 0.999, optimizer.param_groups[0]["eps"], 0.05
+    correction = math.sqrt(1 - beta2**3)
+    state = {p: optimizer.state[p] for p in (head, tail)}
+    alternatives = {
+        "no preconditioning (darts-plain)": expected(1.0),
+        "no bias correction": expected(s_head / correction, s_tail / correction),
+        "with the learning rate": expected(lr * s_head, lr * s_tail),
+        "one scalar for all tensors": expected(correction / (torch.sqrt(beta2 * torch.cat(
+            [state[head]["exp_avg_sq"], state[tail]["exp_avg_sq"]]).mean()) + eps)),
+        "elementwise": mixed * correction * v / (torch.sqrt(beta2 * torch.cat(
+            [state[head]["exp_avg_sq"], state[tail]["exp_avg_sq"]])) + eps),
+    }
+    for label, value in alternatives.items():
+        assert relative_error(estimate, value) > 0.1, label
+
+
+def test_darts_preconditioner_with_sgd_is_one_and_before_any_step_zero():
+    """SGD: darts equals darts-plain exactly (Betty 0.2.0 returns the vector unchanged for SGD).
+    Adam before its first step: the preconditioner is 0, so the implicit part is 0 (Betty 0.2.0
+    divides by sqrt(1 - beta2^0) = 0 there, with the same result)."""
+    results = {}
+    for name in ("darts", "darts-plain"):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(6, dtype=DTYPE))], lr=0.1, momentum=0.9)
+        results[name] = hypergradient(*build(MID_DATA, hg.hypergradient_config(name), lower_optimizer=optimizer)[1:])
+    assert torch.equal(results["darts"], results["darts-plain"]) and results["darts"].norm() > 0
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(6, dtype=DTYPE))], lr=0.1)
+    _, upper, lower = build(MID_DATA, hg.hypergradient_config("darts"), lower_optimizer=optimizer)
+    assert torch.count_nonzero(hypergradient(upper, lower)) == 0
+
+
+def test_darts_rejects_an_optimizer_it_cannot_precondition():
+    optimizer = torch.optim.RMSprop([torch.nn.Parameter(torch.zeros(5, dtype=DTYPE))], lr=0.01)
+    _, upper, lower = build(WELL_DATA, hg.hypergradient_config("darts"), lower_optimizer=optimizer)
+    with pytest.raises(UserError, match="'darts'.*RMSprop.*'darts-plain'"):
+        hypergradient(upper, lower)
 
 
 def test_sama_is_the_finite_difference_of_the_preconditioned_vector_and_restores_weights():
@@ -364,8 +454,8 @@ def test_sama_rejects_an_unsupported_lower_optimizer():
 @pytest.mark.parametrize("name", hg.HYPERGRADIENTS)
 def test_sync_adds_the_same_gradient_as_the_returned_value(name):
     X1, y1, X2, y2, lam = WELL_DATA
-    if name == "sama":
-        upper, lower, _ = adam_lower(WELL_DATA, lr=0.05)
+    if name in ("sama", "darts"):  # preconditioned by the lower optimizer's state: take real Adam steps
+        upper, lower, _ = adam_lower(WELL_DATA, name=name, lr=0.05)
     else:
         _, upper, lower = build(WELL_DATA, hg.hypergradient_config(name))
     returned = hypergradient(upper, lower)
@@ -376,7 +466,7 @@ def test_sync_adds_the_same_gradient_as_the_returned_value(name):
     assert torch.allclose(upper.module.value.grad - 1, returned, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("name, options", [("darts", {}), ("neumann", None), ("cg", {"iterations": 6})])
+@pytest.mark.parametrize("name, options", [("darts", {}), ("darts-plain", {}), ("neumann", None), ("cg", {"iterations": 6})])
 def test_one_engine_step_applies_the_hypergradient(name, options):
     """engine.run(): lower SGD lr 0 keeps w at w*, upper SGD lr 1 moves lam by -hypergradient."""
     if options is None:
@@ -389,7 +479,7 @@ def test_one_engine_step_applies_the_hypergradient(name, options):
     engine.run()
     assert torch.equal(lower.module.value, w_before)
     assert torch.allclose(lam_before - upper.module.value.detach(), expected, rtol=1e-10, atol=1e-14)
-    if name != "darts":
+    if name in ("neumann", "cg"):
         assert relative_error(expected, exact) < 1e-6
 
 
@@ -400,6 +490,9 @@ def test_one_engine_step_applies_the_hypergradient(name, options):
 def test_config_fields_and_defaults():
     darts = hg.hypergradient_config("darts")
     assert (darts.type, darts.darts_alpha, darts.unroll_steps) == ("blo_darts", 0.01, 1)
+    plain = hg.hypergradient_config("Darts-Plain", radius=0.1)
+    assert (plain.type, plain.darts_alpha) == ("blo_darts_plain", 0.1)
+    assert hg.hypergradient_config("blo_darts_plain").type == "blo_darts_plain"
     sama = hg.hypergradient_config("SAMA", radius=0.5, unroll_steps=5)
     assert (sama.type, sama.sama_adam_alpha, sama.unroll_steps) == ("blo_sama", 0.5, 5)
     neumann = hg.hypergradient_config("neumann")
@@ -407,7 +500,7 @@ def test_config_fields_and_defaults():
     cg = hg.hypergradient_config("cg", iterations=10, gradient_clipping=5.0)
     assert (cg.type, cg.cg_iterations, cg.gradient_clipping) == ("blo_cg", 10, 5.0)
     assert hg.needs_double_backward("neumann") and hg.needs_double_backward("cg")
-    assert not hg.needs_double_backward("darts") and not hg.needs_double_backward("sama")
+    assert not any(hg.needs_double_backward(name) for name in ("darts", "darts-plain", "sama"))
 
 
 @pytest.mark.parametrize(
@@ -415,6 +508,8 @@ def test_config_fields_and_defaults():
     [
         (("dart",), {}, "unknown hypergradient 'dart'.*did you mean 'darts'"),
         (("darts",), {"iterations": 5}, "iterations=5 does not apply to the 'darts'"),
+        (("darts-plain",), {"alpha": 0.1}, "alpha=0.1 does not apply to the 'darts-plain'"),
+        (("darts-plain",), {"radius": 0.0}, "radius=0.0 for the 'darts-plain'"),
         (("sama",), {"alpha": 0.1}, "alpha=0.1 does not apply to the 'sama'"),
         (("cg",), {"alpha": 0.1}, "alpha=0.1 does not apply to the 'cg'.*CG needs none"),
         (("neumann",), {"radius": 0.1}, "radius=0.1 does not apply"),
@@ -458,8 +553,8 @@ def _accuracy_tables():
                    error_for(data, Config(type="cg", cg_iterations=k)),
                    error_for(data, Config(type="neumann", neumann_iterations=k, neumann_alpha=alpha))]
             print(f"| {k} | " + " | ".join(f"{e:.2e}" for e in row) + " |")
-        darts = hypergradient(*build(data, hg.hypergradient_config("darts"))[1:])
-        print(f"darts: cosine {cosine(darts, exact):.5f}, relative error {relative_error(darts, exact):.3g}, "
+        darts = hypergradient(*build(data, hg.hypergradient_config("darts-plain"))[1:])
+        print(f"darts-plain: cosine {cosine(darts, exact):.5f}, relative error {relative_error(darts, exact):.3g}, "
               f"norm ratio {(darts.norm() / exact.norm()).item():.3g}")
 
 
@@ -556,25 +651,25 @@ def _sama_direction_table():
         exact_implicit = -(2 * lam.exp() * w) * torch.linalg.solve(hessian, v)
         darts = -(2 * lam.exp() * w) * v
         print(f"steps {steps}: sama {cosine(hypergradient(upper, lower), exact_implicit):.3f}, "
-              f"darts {cosine(darts, exact_implicit):.4f}")
+              f"darts-plain {cosine(darts, exact_implicit):.4f}")
 
 
 def _dropout_table():
-    """Tiny BERT in train mode (dropout 0.1): darts against the exact -(d2L/dlam dw) v on one mask."""
+    """Tiny BERT in train mode (dropout 0.1): darts-plain against the exact -(d2L/dlam dw) v on one mask."""
     from betty.hypergradient.darts import darts as betty_darts
 
-    upper, lower, valid, train = _tiny_bert_problems(hg.hypergradient_config("darts"))
+    upper, lower, valid, train = _tiny_bert_problems(hg.hypergradient_config("darts-plain"))
     params = lower.trainable_parameters()
     vector = torch.autograd.grad(upper.training_step(valid), params)
     results = {}
-    for label, fn in (("blo_mixup darts", hg.darts), ("Betty's darts", betty_darts)):
+    for label, fn in (("blo_mixup darts-plain", hg.darts_plain), ("Betty's darts", betty_darts)):
         torch.manual_seed(3)
         results[label] = fn(vector, lower, upper, False)[0]
     torch.manual_seed(3)  # the mask both + passes drew
     lower_grad = torch.autograd.grad(lower.training_step(train), params, create_graph=True, allow_unused=True)
     pairs = [(g, v) for g, v in zip(lower_grad, vector) if g is not None and g.requires_grad]
     (exact,) = torch.autograd.grad([g for g, _ in pairs], [upper.module.value], grad_outputs=[v for _, v in pairs])
-    print("\ntiny BERT, dropout 0.1, float32: darts vs the exact identity-inverse product")
+    print("\ntiny BERT, dropout 0.1, float32: darts-plain vs the exact identity-inverse product")
     for label, value in results.items():
         print(f"{label}: relative error {relative_error(value, -exact):.2e}, cosine {cosine(value, -exact):.4f}")
 

@@ -1,7 +1,7 @@
 """Three levels (--levels 3): data reweighting on top of the bi-level mixup.
 
     bottom  "weights"    TaskWeights     W on D1, per-example losses weighted by lambda
-    middle  "attention"  MixupAttention  A on D2 (DARTS through W)
+    middle  "attention"  MixupAttention  A on D2 (darts-plain through W)
     top     "data"       DataWeighting   lambda = softplus(raw), one per D1 example; loss: the mixed model on D2
 
 What is checked:
@@ -85,8 +85,10 @@ def tiny_engine(moved_from_pretrained=True):
               "idx": torch.arange(100, 106)}  # dataset ids, not rows
         d2 = {"inputs": torch.randn(8, 3, generator=gen), "labels": torch.randint(0, 2, (8,), generator=gen),
               "idx": torch.arange(8)}
-        engine = build_engine(model, mixup, [d1], [d2], BLOSettings(levels=3), device="cpu", train_iters=1,
-                              d1_ids=d1["idx"].tolist())
+        # darts-plain at the bottom too: the truth below is the unit-step (identity) form, and no step has
+        # run here, so the default darts (preconditioned by the optimizer's state) would give zero
+        engine = build_engine(model, mixup, [d1], [d2], BLOSettings(levels=3, hypergradient="darts-plain"),
+                              device="cpu", train_iters=1, d1_ids=d1["idx"].tolist())
     finally:
         torch.set_default_dtype(default_dtype)
     with torch.no_grad():
@@ -186,8 +188,8 @@ def test_graph_gives_the_top_both_chain_rule_paths():
     assert paths(engine.weights) == []
     assert [p.name for p in engine.leaves] == ["weights"]
     assert sorted(p.name for p in engine.data.children) == ["attention", "weights"]
-    # the hop through the middle is DARTS (Neumann/CG refuse a problem with lower problems)
-    assert engine.attention.config.type == "blo_darts"
+    # the hop through the middle is darts-plain (Neumann/CG refuse a problem with lower problems)
+    assert engine.attention.config.type == "blo_darts_plain"
 
 
 def test_top_hypergradient_matches_the_unrolled_finite_differences():
@@ -195,7 +197,7 @@ def test_top_hypergradient_matches_the_unrolled_finite_differences():
 
     estimate: the top node's gradient with respect to raw lambda, computed as its Engine step does
         (DataWeighting.backward over the paths that blo_mixup.engine's graph gives it, with the
-        project's registered DARTS, radius 0.01) at the current point (W, A, lambda).
+        project's registered darts-plain, radius 0.01) at the current point (W, A, lambda).
     truth: route 1 / alpha + route 2 / (alpha beta) of `unrolled_routes` (alpha = beta = 1e-3, h =
         1e-3): the change of the top loss after re-running one lower and one middle SGD step for
         each perturbed example weight, per unit step at each level. This is the quantity DARTS

@@ -34,7 +34,7 @@ def assert_nothing_written(tmp_path):
 
 
 @pytest.mark.parametrize("name, words", [
-    ("foo", ["unknown hypergradient 'foo'", "choose one of: cg, darts, neumann, sama"]),
+    ("foo", ["unknown hypergradient 'foo'", "choose one of: cg, darts, darts-plain, neumann, sama"]),
     ("neumanm", ["unknown hypergradient 'neumanm'", "did you mean 'neumann'"]),
 ])
 def test_unknown_hypergradient_flag(name, words, glue_dir, tiny_bert_dir, tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_unknown_hypergradient_flag(name, words, glue_dir, tiny_bert_dir, tmp_pa
 
 
 @pytest.mark.parametrize("name, words", [
-    ("foo", ["unknown hypergradient 'foo'", "choose one of: cg, darts, neumann, sama"]),
+    ("foo", ["unknown hypergradient 'foo'", "choose one of: cg, darts, darts-plain, neumann, sama"]),
     ("sam", ["unknown hypergradient 'sam'", "did you mean 'sama'"]),
 ])
 def test_unknown_hypergradient_in_config_file(name, words, glue_dir, tiny_bert_dir, tmp_path, capsys):
@@ -162,7 +162,7 @@ def test_second_order_hypergradient_without_double_backward(hypergradient, glue_
     monkeypatch.setattr(BloMixup, "model_kwargs", lambda self: {"eager_attention": False})
     result = run_main(capsys, *blo_args(glue_dir, sdpa_bert_dir, tmp_path, "--hypergradient", hypergradient))
     assert_one_line_error(result, f"the '{hypergradient}' hypergradient needs second derivatives",
-                          "is not implemented", "--hypergradient darts or sama")
+                          "is not implemented", "--hypergradient darts, darts-plain or sama")
     assert_nothing_written(tmp_path)
 
 
@@ -217,7 +217,7 @@ def test_three_levels_with_a_second_order_middle(middle):
     engine = Engine(problems=[weights, attention, data], dependencies={"u2l": u2l, "l2u": l2u},
                     config=EngineConfig(train_iters=1, strategy="cpu", logger_type="none"))
     with pytest.raises(UserError, match=rf"the '{middle}' hypergradient cannot sit on problem 'attention', "
-                                        r"which has lower problems of its own; use 'darts' for a middle level"):
+                                        r"which has lower problems of its own; use 'darts-plain' \(or 'darts'\) for a middle level"):
         engine.run()
 
 

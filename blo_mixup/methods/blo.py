@@ -14,15 +14,15 @@ import torch
 from ..errors import UserError
 from .base import Method, register
 
-HYPERGRADIENT_CHOICES = ("darts", "neumann", "cg", "sama")
+HYPERGRADIENT_CHOICES = ("darts", "darts-plain", "neumann", "cg", "sama")
 
 
 @dataclass
 class BloMixupOptions:
-    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: darts, neumann, cg or sama"})  # checked in validate, with a suggestion
+    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: darts (the official code's preconditioned DARTS), darts-plain (identity), neumann, cg or sama (docs/hypergradients.md)"})  # checked in validate, with a suggestion
     hypergradient_iterations: int | None = field(default=None, metadata={"help": "Neumann/CG iterations (default: the method's, see docs/hypergradients.md)"})
     hypergradient_alpha: float | None = field(default=None, metadata={"help": "Neumann/CG step size"})
-    hypergradient_radius: float | None = field(default=None, metadata={"help": "DARTS/SAMA finite-difference radius (default 0.01)"})
+    hypergradient_radius: float | None = field(default=None, metadata={"help": "darts/darts-plain/sama finite-difference radius (default 0.01)"})
     unroll_steps: int = field(default=1, metadata={"help": "lower steps per upper step"})
     mixup_granularity: str = field(default="rank", metadata={"help": "attention shape: rank (A = a @ c), element, row or matrix", "choices": ("rank", "element", "row", "matrix")})
     mixup_rank: int = field(default=1, metadata={"help": "rank r of A = a @ c"})
@@ -35,7 +35,7 @@ class BloMixupOptions:
     phase2_epochs: float | None = field(default=None, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (default: --epochs; 0 skips phase 2)"})
     phase2_lr: float | None = field(default=None, metadata={"help": "phase-2 learning rate (default: --lr)"})
     folds: int = field(default=1, metadata={"help": "fold averaging: run phase 1 on this many random D1/D2 re-splits and average W and A"})
-    levels: int = field(default=2, metadata={"help": "2, or 3 to add a data-reweighting node on top (the middle level then always uses DARTS)"})
+    levels: int = field(default=2, metadata={"help": "2, or 3 to add a data-reweighting node on top (the middle level then always uses darts-plain)"})
     data_weight_lr: float = field(default=1e-2, metadata={"help": "learning rate of the per-example weights (--levels 3)"})
 
 
