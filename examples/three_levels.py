@@ -2,7 +2,7 @@
 
     bottom  "weights"    TaskWeights     the task weights W, trained on D1; each example's loss is
                                          scaled by a weight that the top node owns
-    middle  "attention"  MixupAttention  the mixup attention A, trained on D2 (DARTS through W)
+    middle  "attention"  MixupAttention  the mixup attention A, trained on D2 (darts-plain through W)
     top     "data"       DataWeighting   the example weights, trained so that the mixed model does
                                          well on D2 (their gradient comes through W and A)
 
@@ -121,9 +121,10 @@ def main(argv=None):
     weights = TaskWeights("weights", hypergradient_config("darts"), model, adam(model.parameters(), args.lr),
                           None, loader(d1), weight_decay=0.0, lr=args.lr, example_weights="data")
     # middle: A on D2. It is a lower problem of the top node too, so its Config holds the
-    # hypergradient used through it: DARTS (Neumann and CG refuse a problem with lower problems);
-    # retain_graph and first_order as any upper problem whose loss uses its own parameters.
-    attention = MixupAttention("attention", hypergradient_config("darts", retain_graph=True, first_order=True),
+    # hypergradient used through it: darts-plain, as build_engine (Neumann and CG refuse a problem
+    # with lower problems); retain_graph and first_order as any upper problem whose loss uses its
+    # own parameters.
+    attention = MixupAttention("attention", hypergradient_config("darts-plain", retain_graph=True, first_order=True),
                                mixup, adam(mixup.parameters(), args.attention_lr), None, loader(d2))
     # top: YOUR node. Its module holds the parameters; DataWeighting's loss is the mixed model on D2.
     if args.weights == "per-example":
