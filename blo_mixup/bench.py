@@ -1,7 +1,9 @@
 """`blo-mixup bench`: per-step time and peak memory of each method against plain fine-tuning, one run.
 
 Every case runs on the same synthetic batches (random tokens, batch x max_length, full length) in the
-same process, after warm-up; times are medians over --steps. Cases:
+same process, after warm-up; times are medians over --steps. With data options (--task, --train-file,
+--dataset, as finetune takes them) the batches are the data's training rows instead, each padded or cut
+to max_length, and the head is the data's. Cases:
 
 - vanilla:          one plain step (forward, backward, clipping, AdamW step).
 - mixup-step:       the same step on the mixed model with A fixed (a phase-2 step of blo-mixup).
@@ -33,22 +35,26 @@ from typing import Any, Callable
 
 import torch
 
+from .config import DataOptions
 from .errors import UserError
 
 MIB = 2**20
 
 
 @dataclasses.dataclass
-class BenchOptions:
+class BenchOptions(DataOptions):
+    """bench's options; with data options (--task, --train-file, ...) the head and the batches come from
+    that data (its training rows, each padded or cut to --max-length), else synthetic batches for RTE's head."""
+
     model: str = field(default="minilm", metadata={"help": "model name or path ('minilm' = the packaged MiniLM)"})
-    batch_size: int = field(default=16, metadata={"help": "batch size of the synthetic batches"})
+    batch_size: int = field(default=16, metadata={"help": "batch size of the batches"})
     max_length: int = field(default=128, metadata={"help": "tokens per example (every example is this long)"})
     methods: str = field(default="vanilla,blo-mixup", metadata={"help": "comma-separated methods to time against vanilla"})
     hypergradients: str = field(default="darts", metadata={"help": "comma-separated hypergradients for blo-mixup"})
     unroll_steps: str = field(default="1,5", metadata={"help": "comma-separated unroll steps for blo-mixup"})
     steps: int = field(default=5, metadata={"help": "timed steps per case (the median is reported)"})
     warmup: int = field(default=2, metadata={"help": "untimed warm-up steps per case"})
-    train_size: int = field(default=300, metadata={"help": "training examples of the whole run whose wall time is estimated"})
+    train_size: int | None = field(default=None, metadata={"help": "training examples of the whole run whose wall time is estimated; default: the data's training rows, else 300"})
     epochs: float = field(default=3.0, metadata={"help": "epochs of that whole run"})
     split_ratio: float = field(default=0.8, metadata={"help": "D1 fraction assumed for blo-mixup's phase 1"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
@@ -70,6 +76,31 @@ def synthetic_batches(vocab_size: int, options: BenchOptions, count: int, seed: 
         "labels": torch.randint(0, 2, (options.batch_size,), generator=generator),
         "idx": torch.arange(i * options.batch_size, (i + 1) * options.batch_size),
     } for i in range(count)]
+
+
+def has_data(options) -> bool:
+    return any(getattr(options, name) is not None for name in ("task", "train_file", "dataset"))
+
+
+def bench_task(options):
+    """The task whose head is measured: the data's (loaded by run_bench), else RTE's."""
+    from .data import get_task
+    from .datafiles import data_name
+
+    return get_task(data_name(options) if has_data(options) else "rte")
+
+
+def data_batches(train, tokenizer, task, options: BenchOptions, count: int, offset: int) -> list[dict]:
+    """`count` batches of the data's training rows (from row offset * count * batch, wrapping around),
+    each example padded or cut to max_length, with their labels."""
+    n = count * options.batch_size
+    rows = train.select([(offset * n + i) % len(train) for i in range(n)])
+    encoded = tokenizer(*[rows[c][:] for c in task.text_columns], truncation=True, padding="max_length",
+                        max_length=options.max_length, return_tensors="pt")
+    labels = torch.tensor(rows["label"][:], dtype=torch.float32 if task.is_regression else torch.long)
+    size = options.batch_size
+    return [{**{k: v[i * size:(i + 1) * size] for k, v in encoded.items()}, "labels": labels[i * size:(i + 1) * size],
+             "idx": torch.arange(i * size, (i + 1) * size)} for i in range(count)]
 
 
 def to_device(batches, device):
@@ -147,21 +178,19 @@ class Case:
 
 
 def _load(options: BenchOptions, eager: bool, device):
-    from .data import get_task
     from .models import load_model_and_tokenizer
 
     torch.manual_seed(0)  # the same head everywhere
-    model, tokenizer = load_model_and_tokenizer(options.model, get_task("rte"), eager_attention=eager)
+    model, tokenizer = load_model_and_tokenizer(options.model, bench_task(options), eager_attention=eager)
     return model.to(device).train(), tokenizer
 
 
 def _context(options, tokenizer, device):
     from .config import RunConfig
-    from .data import get_task
     from .training import RunContext
 
     run = RunConfig(task="rte", batch_size=options.batch_size, max_length=options.max_length)
-    return RunContext(run=run, task=get_task("rte"), tokenizer=tokenizer, train_raw=None, train=None, dev=None,
+    return RunContext(run=run, task=bench_task(options), tokenizer=tokenizer, train_raw=None, train=None, dev=None,
                       device=device, output_dir=Path("."), lr=1e-4)
 
 
@@ -205,19 +234,26 @@ def blo_case(hypergradient: str, unroll: int, options, batches_d1, batches_d2, d
                 lower_steps=unroll, note=f"{unroll} lower + 1 upper step", phase_epochs=phase_epochs)
 
 
-def build_cases(options: BenchOptions, device) -> list[Case]:
+def build_cases(options: BenchOptions, device, data=None) -> list[Case]:
+    """The cases to time; `data` (a data.TaskData) gives the batches, else synthetic ones."""
     from .methods import get_method
 
     methods = _csv(options.methods)
     for name in methods:
         get_method(name)
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     from .models import resolve_model_path
 
-    vocab = AutoConfig.from_pretrained(resolve_model_path(options.model)).vocab_size
-    batches = to_device(synthetic_batches(vocab, options, 4, seed=0), device)
-    d2 = to_device(synthetic_batches(vocab, options, 2, seed=1), device)
+    path = resolve_model_path(options.model)
+    if data is not None:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        batches = to_device(data_batches(data.train, tokenizer, data.task, options, 4, offset=0), device)
+        d2 = to_device(data_batches(data.train, tokenizer, data.task, options, 2, offset=2), device)
+    else:
+        vocab = AutoConfig.from_pretrained(path).vocab_size
+        batches = to_device(synthetic_batches(vocab, options, 4, seed=0), device)
+        d2 = to_device(synthetic_batches(vocab, options, 2, seed=1), device)
     cases = [shared_loop_case("vanilla", get_method("vanilla")(), options, batches, device)]
     for name in methods:
         if name == "vanilla":
@@ -263,11 +299,20 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
 
     if options.threads:
         torch.set_num_threads(options.threads)
+    data = None
+    if has_data(options):  # read and check the data first
+        from .config import check_data_options
+        from .data import load_task_data
+
+        check_data_options(options)
+        data = load_task_data(options)
+    if options.train_size is None:
+        options = dataclasses.replace(options, train_size=len(data.train) if data is not None else 300)
     for name in ("batch_size", "max_length", "steps", "train_size"):
         if getattr(options, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive; got {getattr(options, name)}")
     device = pick_device(options.device)
-    cases = build_cases(options, device)
+    cases = build_cases(options, device, data)
     rows = []
     for case in cases:
         seconds = median_time(case.step, options.warmup, options.steps, device)

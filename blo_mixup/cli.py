@@ -1,4 +1,4 @@
-"""The `blo-mixup` command: finetune, compare, bench, export, methods.
+"""The `blo-mixup` command: finetune, predict, compare, curves, bench, export, methods.
 
 Bad input ends with one line on stderr ("blo-mixup: error: <problem>; <fix>") and exit code 2.
 """
@@ -54,7 +54,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="blo-mixup", description="Fine-tune pretrained language models on small datasets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    finetune = sub.add_parser("finetune", help="one fine-tuning run: train, evaluate on dev, save")
+    finetune = sub.add_parser("finetune", help="one fine-tuning run: train, evaluate, save")
     finetune.add_argument("--config", help="JSON or YAML file of options (flags override it)")
     add_dataclass_flags(finetune.add_argument_group("run"), RunConfig)
     seen: set[str] = set()
@@ -78,7 +78,9 @@ def build_parser() -> Parser:
     from .bench import add_bench_parser
     from .compare import add_compare_parser
     from .curves import add_curves_parser
+    from .predict import add_predict_parser
 
+    add_predict_parser(sub)
     add_compare_parser(sub)
     add_curves_parser(sub)
     add_bench_parser(sub)
@@ -87,7 +89,7 @@ def build_parser() -> Parser:
 
 def resolve_finetune(args: argparse.Namespace):
     """Merge dataclass defaults < config file < flags; returns (RunConfig, Method instance)."""
-    from .config import RunConfig, build_dataclass, check_known_keys, field_names, read_config_file
+    from .config import RunConfig, build_dataclass, check_known_keys, field_names, read_config_file, with_train_size
     from .methods import METHODS, get_method
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
@@ -103,7 +105,7 @@ def resolve_finetune(args: argparse.Namespace):
         if key not in run_keys and key not in method_keys:
             owners = [n for n, cls in METHODS.items() if key in field_names(cls.options_class)]
             raise UserError(f"option {_flag(key)} belongs to method {', '.join(owners)}, not '{method_name}'; drop it or pass --method {owners[0]}")
-    run = build_dataclass(RunConfig, {k: v for k, v in values.items() if k in run_keys}, "the run options")
+    run = with_train_size(build_dataclass(RunConfig, {k: v for k, v in values.items() if k in run_keys}, "the run options"))
     options = build_dataclass(method_cls.options_class, {k: v for k, v in values.items() if k in method_keys}, f"the {method_name} options")
     return run, method_cls(options, run)
 
@@ -117,7 +119,7 @@ def cmd_finetune(args) -> int:
         return 0
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in results["metrics"].items())
     print(f"{results['task']} {results['method']} seed {results['seed']} ({results['train_size']} examples): "
-          f"dev {metrics}; train {results['train_time_s']:.1f} s; run saved in {results['config']['output_dir']}")
+          f"evaluation set {metrics}; train {results['train_time_s']:.1f} s; run saved in {results['config']['output_dir']}")
     return 0
 
 
@@ -145,8 +147,9 @@ def main(argv=None) -> int:
         from .bench import cmd_bench
         from .compare import cmd_compare
         from .curves import cmd_curves
+        from .predict import cmd_predict
 
-        commands.update(compare=cmd_compare, bench=cmd_bench, curves=cmd_curves)
+        commands.update(compare=cmd_compare, bench=cmd_bench, curves=cmd_curves, predict=cmd_predict)
         args = build_parser().parse_args(argv)
         return commands[args.command](args)
     except UserError as e:

@@ -1,5 +1,6 @@
 """`blo-mixup compare`: every (task, method, seed) run, resumable, then results.csv, summary.md, summary.png.
 
+The tasks are GLUE tasks (--tasks) or your own data (--train-file or --dataset, one "task" named after it).
 Each run lives in OUTPUT_DIR/runs/<task>/<method>/seed<seed>/. A run with results.json is finished and
 never redone; a run folder without it (a killed run) is started again from scratch.
 """
@@ -41,7 +42,7 @@ def add_compare_parser(sub) -> None:
     from .methods import METHODS
 
     parser = sub.add_parser("compare", help="run methods x seeds x tasks; write results.csv, summary.md, summary.png")
-    parser.add_argument("--tasks", required=True, help="comma-separated GLUE tasks, e.g. rte,mrpc")
+    parser.add_argument("--tasks", help="comma-separated GLUE tasks, e.g. rte,mrpc; or your own data instead: --train-file or --dataset")
     parser.add_argument("--methods", required=True, help="comma-separated methods, e.g. vanilla,blo-mixup")
     parser.add_argument("--seeds", default="1-5", help="seeds: a list or a range, like 1,2,3 or 1-5 (default: 1-5)")
     parser.add_argument("--output-dir", required=True, help="folder for the runs and the summary")
@@ -59,20 +60,21 @@ def add_compare_parser(sub) -> None:
 
 def cmd_compare(args) -> int:
     from .cli import resolve_finetune
-    from .config import RunConfig, field_names, read_config_file
-    from .data import get_task
+    from .config import RunConfig, check_data_options, field_names, read_config_file
+    from .data import get_task, load_task_data
     from .finetune import run_finetune
+    from .metrics import constant_prediction_score
     from .methods import get_method
     from .report import paired_table, summary_plot, summary_table, updates_table, write_results_csv
     from .runs import is_finished, read_results, write_text_atomic
 
-    tasks = [get_task(t).name for t in _csv(args.tasks, "tasks")]
+    glue = args.tasks is not None  # else your own data (--train-file or --dataset): one "task"
+    tasks = [get_task(t).name for t in _csv(args.tasks, "tasks")] if glue else [None]
     methods = _csv(args.methods, "methods")
     for m in methods:
         get_method(m)
     seeds = _seeds(args.seeds)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     shared = {k: v for k, v in vars(args).items() if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only")}
     file_values = read_config_file(args.config) if args.config else {}
 
@@ -81,11 +83,19 @@ def cmd_compare(args) -> int:
     def resolve(task, method, seed, run_dir):
         values = {k: v for k, v in {**file_values, **shared}.items() if k in own_keys[method]}
         # A run killed earlier continues from its checkpoints (and a fresh one starts from scratch).
-        values.update(task=task, method=method, seed=seed, output_dir=str(run_dir), resume=True)
+        values.update(method=method, seed=seed, output_dir=str(run_dir), resume=True, **({"task": task} if glue else {}))
         return resolve_finetune(argparse.Namespace(command="finetune", config=None, **values))
 
+    if not glue and not any({**file_values, **shared}.get(k) for k in ("train_file", "dataset")):
+        raise UserError("no data given; pass --tasks (GLUE tasks, e.g. rte,mrpc) or your own data with --train-file "
+                        "or --dataset (docs/data.md)")
     for method in methods:  # every method's options are checked before the first run starts
-        resolve(tasks[0], method, seeds[0], output_dir)
+        check_data_options(resolve(tasks[0], method, seeds[0], output_dir)[0])
+    data = None
+    if not glue:  # read and check the data before the first run; its name is the task's
+        data = load_task_data(resolve(None, methods[0], seeds[0], output_dir)[0])
+        tasks = [data.task.name]
+    output_dir.mkdir(parents=True, exist_ok=True)
     plan = [(t, m, s) for t in tasks for m in methods for s in seeds]
     results, durations = [], []
     for i, (task, method, seed) in enumerate(plan, 1):
@@ -101,7 +111,7 @@ def cmd_compare(args) -> int:
         eta = _time_left(plan[i - 1:], durations)
         eta = f", about {_minutes(eta)} left" if eta else ""
         print(f"{label}: running{eta}", flush=True)
-        run, method_obj = resolve(task, method, seed, run_dir)
+        run, method_obj = resolve(task if glue else None, method, seed, run_dir)
         started = time.perf_counter()
         results.append(run_finetune(run, method_obj))
         durations.append((method, time.perf_counter() - started))
@@ -110,7 +120,8 @@ def cmd_compare(args) -> int:
     write_results_csv(results, output_dir / "results.csv")
     if not results:
         raise UserError(f"no finished run in {output_dir / 'runs'} yet; run the comparison without --report-only first")
-    reference = _constant_prediction_scores(tasks, shared.get("data_dir"))
+    reference = (_constant_prediction_scores(tasks, shared.get("data_dir")) if glue
+                 else {data.task.name: constant_prediction_score(data.task, data.evaluation)})
     table = summary_table(results, tasks, methods, seeds, reference)
     table += "\n" + updates_table(results, tasks, methods)
     if len(methods) > 1 and len({r["seed"] for r in results}) > 1:

@@ -18,14 +18,30 @@ from .errors import UserError, did_you_mean
 
 
 @dataclass
-class RunConfig:
-    """Options shared by every method (the low-resource GLUE protocol, methods.md section 7)."""
+class DataOptions:
+    """Where a run's data comes from: a GLUE task, or your own data (docs/data.md). Also bench's options."""
 
-    task: str | None = field(default=None, metadata={"help": "GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli"})
+    task: str | None = field(default=None, metadata={"help": "GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli (or your own data: --train-file, --dataset)"})
     data_dir: str | None = field(default=None, metadata={"help": "local GLUE folder (<dir>/RTE/train.tsv, dev.tsv); default: the hub"})
+    train_file: str | None = field(default=None, metadata={"help": "your training data: a .csv, .tsv, .json, .jsonl or .parquet file (docs/data.md)"})
+    validation_file: str | None = field(default=None, metadata={"help": "your evaluation data, same columns; default: a stratified --validation-ratio of the training rows, held out"})
+    test_file: str | None = field(default=None, metadata={"help": "more data scored and predicted after training (test_metrics, test_predictions.csv); its label column may be missing"})
+    dataset: str | None = field(default=None, metadata={"help": "a Hugging Face hub dataset (its train and validation splits) instead of --train-file; needs the network"})
+    dataset_config: str | None = field(default=None, metadata={"help": "the configuration of the --dataset"})
+    text_columns: str | None = field(default=None, metadata={"help": "your data's text column, or two for text pairs: text or premise,hypothesis"})
+    label_column: str = field(default="label", metadata={"help": "your data's column of labels (or scores, for regression)"})
+    problem_type: str | None = field(default=None, metadata={"help": "default: regression when the labels hold a non-integer number, else classification", "choices": ("classification", "regression")})
+    metric: str | None = field(default=None, metadata={"help": "main metric of your data: accuracy (default), macro_f1, f1 (two labels), matthews_correlation; regression: spearmanr (default), pearson"})
+    validation_ratio: float = field(default=0.2, metadata={"help": "fraction of the training rows held out as the evaluation set when there is no --validation-file"})
+
+
+@dataclass
+class RunConfig(DataOptions):
+    """Options shared by every method (the low-resource GLUE protocol, methods.md section 7), the data first."""
+
     model: str = field(default="minilm", metadata={"help": "model name or path; 'minilm' = the packaged all-MiniLM-L6-v2"})
     method: str = field(default="vanilla", metadata={"help": "fine-tuning method (see `blo-mixup methods`)"})
-    train_size: int | None = field(default=300, metadata={"help": "training examples drawn per seed (stratified); 0 = the whole training set"})
+    train_size: int | None = field(default=None, metadata={"help": "training examples drawn per seed (stratified); 0 = all; default: 300 with --task (the low-resource protocol), every row with your own data"})
     seed: int = field(default=1, metadata={"help": "seed of the subsample, the head's initialisation and the data order"})
     epochs: float = field(default=3.0, metadata={"help": "training epochs"})
     batch_size: int = field(default=16, metadata={"help": "batch size"})
@@ -35,7 +51,7 @@ class RunConfig:
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 = off"})
     eval_batch_size: int = field(default=64, metadata={"help": "batch size on the dev set"})
-    output_dir: str | None = field(default=None, metadata={"help": "run folder (results.json, model/); default runs/<task>-<method>-s<seed>"})
+    output_dir: str | None = field(default=None, metadata={"help": "run folder (results.json, predictions.csv, model/); default runs/<task or data file>-<method>-s<seed>"})
     overwrite: bool = field(default=False, metadata={"help": "replace an earlier run in --output-dir"})
     resume: bool = field(default=False, metadata={"help": "continue the killed run in --output-dir from its last checkpoint (same options)"})
     save_steps: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (blo-mixup phase 1: lower steps) and at the end of each stage; 0 = never"})
@@ -43,6 +59,17 @@ class RunConfig:
     save_model: bool = field(default=True, metadata={"help": "save the fine-tuned model (save_pretrained) in <output-dir>/model"})
     device: str | None = field(default=None, metadata={"help": "torch device; default CUDA when present, else CPU"})
     strategy: str = field(default="default", metadata={"help": "default: one process; distributed: data parallel over the processes torchrun starts (docs/robustness.md)", "choices": ("default", "distributed")})
+
+
+GLUE_TRAIN_SIZE = 300  # the low-resource protocol's default subsample
+OWN_DATA_OPTIONS = ("validation_file", "test_file", "dataset_config", "text_columns", "problem_type", "metric")
+
+
+def with_train_size(run: RunConfig) -> RunConfig:
+    """The run with its default --train-size filled in: 300 for a GLUE task, 0 (every row) for your own data."""
+    if run.train_size is not None:
+        return run
+    return dataclasses.replace(run, train_size=GLUE_TRAIN_SIZE if run.task is not None else 0)
 
 
 def small_model_lr(num_parameters: int) -> float:
@@ -134,8 +161,7 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
 
 def validate_run_config(run: RunConfig) -> None:
     """Range checks on the shared options; task/method names are checked where they are looked up."""
-    if run.task is None:
-        raise UserError("no task given; pass --task (e.g. --task rte) or set 'task' in the config file")
+    check_data_options(run)
     check_positive("lr", run.lr)
     check_positive("epochs", run.epochs)
     check_positive("batch_size", run.batch_size)
@@ -150,6 +176,29 @@ def validate_run_config(run: RunConfig) -> None:
         raise UserError("--resume continues the run in --output-dir and --overwrite starts it over; give one of them")
     if not 0 <= run.warmup_ratio < 1:
         raise UserError(f"--warmup-ratio must be in [0, 1); got {run.warmup_ratio}")
+
+
+def check_data_options(run) -> None:
+    """One source of data, and your own data's options only with your own data."""
+    sources = [flag for flag, value in (("--task", run.task), ("--train-file", run.train_file), ("--dataset", run.dataset))
+               if value is not None]
+    if not sources:
+        raise UserError("no data given; pass --task (e.g. --task rte), or your own data with --train-file "
+                        "(docs/data.md), or set 'task' or 'train_file' in the config file")
+    if len(sources) > 1:
+        raise UserError(f"{' and '.join(sources)} are two sources of data; give one of them")
+    if run.task is not None:
+        own = [name for name in OWN_DATA_OPTIONS if getattr(run, name) is not None]
+        own += ["label_column"] if run.label_column != "label" else []
+        if own:
+            raise UserError(f"--{own[0].replace('_', '-')} describes your own data, not a GLUE --task; drop it, "
+                            f"or replace --task with --train-file")
+    elif run.data_dir is not None:
+        raise UserError("--data-dir is the GLUE folder of --task; drop it (your own data is named by --train-file)")
+    if run.dataset_config is not None and run.dataset is None:
+        raise UserError("--dataset-config needs --dataset; drop it or name the hub dataset")
+    if not 0 < run.validation_ratio < 1:
+        raise UserError(f"--validation-ratio must be between 0 and 1; got {run.validation_ratio}")
 
 
 def to_dict(obj) -> dict[str, Any]:

@@ -1,10 +1,14 @@
-"""GLUE tasks: specs, loading (the hub or a local GLUE folder), low-resource subsamples, D1/D2 splits,
-tokenization and batching.
+"""Tasks: specs, loading (a GLUE task from the hub or a local GLUE folder; your own data through
+datafiles.py), low-resource subsamples, D1/D2 splits, tokenization and batching.
 
-Every loader returns the hub's (nyu-mll/glue) shape whatever the source: a DatasetDict with "train"
-and "validation" (the GLUE dev set, which the low-resource protocol uses as its test set), each with
-the task's text columns, "label" (a ClassLabel index, or a float32 score for STS-B) and "idx" (the
-row's position in its split, stable across runs).
+Every task is a TaskSpec (text columns, label names or regression, metrics) and every loader gives
+the same dataset shape, so the rest of the pipeline does not know where the data came from:
+`load_task_data(run)` is the one entry point.
+
+Every loader returns the hub's (nyu-mll/glue) shape whatever the source: a training set and an
+evaluation set (for GLUE the dev set, which the low-resource protocol uses as its test set), each with
+the task's text columns, "label" (a ClassLabel index, or a float32 score for regression) and "idx"
+(the row's position in its file or split, stable across runs).
 
 A local folder uses the classic GLUE layout, `<data_dir>/RTE/train.tsv` and `dev.tsv`
 (MNLI: `dev_matched.tsv`), read with quoting off (csv.QUOTE_NONE) as the files require: with
@@ -30,7 +34,8 @@ from blo_mixup.errors import UserError, unknown_choice
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What the code needs to know about one GLUE task (names as on the hub, nyu-mll/glue)."""
+    """What the code needs to know about one task: a GLUE task (names as on the hub, nyu-mll/glue) or
+    your own data (datafiles.py: folder and dev_split unused, source "data")."""
 
     name: str  # "rte"
     folder: str  # "RTE": the task's folder in the classic GLUE layout
@@ -40,6 +45,7 @@ class TaskSpec:
     main_metric: str  # the one a run is judged by
     metrics: tuple[str, ...]  # every metric reported
     dev_split: str  # the hub split used as the dev (= test) set
+    source: str = "glue"  # "glue", or "data" for a task made from your own data
 
     @property
     def num_labels(self) -> int:
@@ -107,15 +113,55 @@ _LOCAL_LAYOUTS: dict[str, _LocalLayout] = {
 _ALIASES = {"sts-b": "stsb", "sst-2": "sst2"}
 
 
+# Tasks made from your own data in this process, by name: get_task and load_glue find them too.
+_OWN_DATA: dict[str, tuple[TaskSpec, datasets.DatasetDict]] = {}
+
+
 def get_task(name: str) -> TaskSpec:
-    """The TaskSpec of a GLUE task by name, case-insensitive ("RTE", "sts-b" and "stsb" all work)."""
+    """The TaskSpec of a GLUE task by name, case-insensitive ("RTE", "sts-b" and "stsb" all work), or
+    of your own data loaded earlier in this process (by its exact name)."""
     if isinstance(name, TaskSpec):
         return name
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
-    if key not in TASKS:
-        raise unknown_choice("task", name, TASKS)
-    return TASKS[key]
+    if key in TASKS:
+        return TASKS[key]
+    if name in _OWN_DATA:
+        return _OWN_DATA[name][0]
+    raise unknown_choice("task", name, TASKS)
+
+
+def is_glue_name(name: str) -> bool:
+    key = str(name).strip().lower()
+    return _ALIASES.get(key, key) in TASKS
+
+
+def register_own_data(task: TaskSpec, train: datasets.Dataset, evaluation: datasets.Dataset) -> None:
+    """Make a task of your own data known by name (reports and methods look tasks up by name)."""
+    _OWN_DATA[task.name] = (task, datasets.DatasetDict(train=train, validation=evaluation))
+
+
+@dataclass
+class TaskData:
+    """A task and its data, whatever the source: every training row, the evaluation set, maybe a test set."""
+
+    task: TaskSpec
+    train: datasets.Dataset  # every training row; a run draws its subsample from these
+    evaluation: datasets.Dataset  # what a run is scored on (GLUE: the dev set)
+    evaluation_set: str  # where the evaluation set came from, in words (results.json)
+    test: datasets.Dataset | None = None  # scored and predicted after training (its labels may be missing)
+    label_column: str = "label"  # the gold column's name in the source (for the predictions file)
+
+
+def load_task_data(run) -> TaskData:
+    """The data of a run (config.RunConfig): a GLUE task (--task), or your own (--train-file, --dataset)."""
+    if run.task is not None:
+        task = get_task(run.task)
+        glue = load_glue(task, run.data_dir)
+        return TaskData(task, glue["train"], glue["validation"], f"the GLUE dev set ({task.dev_split})")
+    from .datafiles import load_own_data
+
+    return load_own_data(run)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -128,6 +174,8 @@ def load_glue(task: TaskSpec | str, data_dir: str | os.PathLike | None = None) -
     layout; without it, downloads "nyu-mll/glue" from the hub (or uses the datasets cache).
     """
     task = get_task(task)
+    if task.source != "glue":  # your own data, loaded earlier (datafiles.py): its training rows
+        return _OWN_DATA[task.name][1]
     if data_dir is None:
         return _load_from_hub(task)
     root = Path(data_dir)
@@ -406,6 +454,7 @@ def tokenize(ds: datasets.Dataset, tokenizer, task: TaskSpec | str, max_length: 
 
     Adds input_ids, attention_mask (and token_type_ids where the tokenizer gives them), turns
     "label" into "labels" (float32 for regression), keeps "idx" and drops the raw text columns.
+    Rows without a "label" column (data to predict) stay without labels.
     """
     task = get_task(task)
 
@@ -415,6 +464,8 @@ def tokenize(ds: datasets.Dataset, tokenizer, task: TaskSpec | str, max_length: 
 
     encoded = ds.map(encode, batched=True, remove_columns=list(task.text_columns),
                      desc=f"Tokenizing {task.name}")
+    if "label" not in encoded.column_names:
+        return encoded
     encoded = encoded.rename_column("label", "labels")
     if task.is_regression and encoded.features["labels"] != datasets.Value("float32"):
         encoded = encoded.cast_column("labels", datasets.Value("float32"))  # MSE loss wants float32

@@ -1,4 +1,5 @@
-"""One fine-tuning run, end to end: data, model, the method's training, dev metrics, saved outputs."""
+"""One fine-tuning run, end to end: data, model, the method's training, metrics and predictions on the
+evaluation set, saved outputs."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import torch
 
 from . import __version__, distributed
 from .checkpoint import Checkpointer
-from .config import RunConfig, small_model_lr, to_dict, validate_run_config
+from .config import RunConfig, small_model_lr, to_dict, validate_run_config, with_train_size
 from .errors import UserError
 from .runs import MODEL_DIR, RESULTS, prepare_output_dir, save_pretrained_atomic, write_json_atomic
-from .training import NonFiniteError, RunContext, evaluate
+from .training import NonFiniteError, RunContext, model_outputs
+
+PREDICTIONS = "predictions.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
 
 
 def default_output_dir(run: RunConfig) -> Path:
-    return Path("runs") / f"{run.task}-{run.method}-s{run.seed}"
+    from .datafiles import data_name
+
+    return Path("runs") / f"{data_name(run)}-{run.method}-s{run.seed}"
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -28,44 +34,47 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_context(run: RunConfig, method, output_dir: Path):
-    """Load data and model for `run`; returns (model, context)."""
+def build_context(run: RunConfig, method, output_dir: Path, data=None):
+    """Load data (unless given: a data.TaskData) and model for `run`; returns (model, context)."""
     from transformers import set_seed
 
-    from .data import get_task, load_glue, subsample
+    from .data import load_task_data, subsample
     from .models import count_parameters, load_model_and_tokenizer
 
-    task = get_task(run.task)
-    glue = load_glue(task, run.data_dir)
-    train_raw = subsample(glue["train"], run.train_size or None, run.seed, task)
+    run = with_train_size(run)
+    data = data or load_task_data(run)
+    task = data.task
+    train_raw = subsample(data.train, run.train_size or None, run.seed, task)
     set_seed(run.seed)  # the new task head's initialisation depends on the seed only
     model, tokenizer = load_model_and_tokenizer(run.model, task, **method.model_kwargs())
     lr = run.lr if run.lr is not None else small_model_lr(count_parameters(model))
     ctx = RunContext(run=run, task=task, tokenizer=tokenizer, train_raw=train_raw, train=None, dev=None,
                      device=pick_device(run.device), output_dir=output_dir, lr=lr)
     ctx.train = ctx.tokenize(train_raw)
-    ctx.dev = ctx.tokenize(glue["validation"])
+    ctx.dev = ctx.tokenize(data.evaluation)
     return model, ctx
 
 
 def run_finetune(run: RunConfig, method) -> dict[str, Any]:
-    """Fine-tune with `method` (a methods.Method), evaluate on dev, write results.json and the model."""
+    """Fine-tune with `method` (a methods.Method), evaluate on the evaluation set, write results.json, the
+    evaluation set's predictions and the model. The data is read and checked before anything is written."""
     from transformers import set_seed
 
-    from .data import get_task
+    from .data import load_task_data
 
+    run = with_train_size(run)
     validate_run_config(run)
-    get_task(run.task)  # an unknown task fails before anything is written
     processes = device = None
     if run.strategy == "distributed":
         processes, device = distributed.start(run.device)
+    data = load_task_data(run)  # bad data (or an unknown task) fails before anything is written
     output_dir = prepare_output_dir(run.output_dir or default_output_dir(run), run.overwrite, run.resume)
     checkpoints = None
     if run.save_steps > 0 or run.resume:
         run_values = {**to_dict(run), "method_options": dataclasses.asdict(method.options)}
         checkpoints = Checkpointer.for_run(output_dir, run_values, save_steps=run.save_steps, resume=run.resume)
     started = time.perf_counter()
-    model, ctx = build_context(run, method, output_dir)
+    model, ctx = build_context(run, method, output_dir, data)
     ctx.checkpoints, ctx.processes = checkpoints, processes
     ctx.device = device or ctx.device
     set_seed(run.seed)
@@ -82,18 +91,26 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
         distributed.stop()
         return None
     model = method.finalize_model(model)
-    metrics = evaluate(model, ctx)
+    metrics, test = _score_and_predict(model, ctx, data, output_dir)
     if run.save_model:
         save_pretrained_atomic(model, ctx.tokenizer, output_dir / MODEL_DIR)
+    task = ctx.task
     results = {
-        "task": ctx.task.name,
+        "task": task.name,
         "method": method.name,
         "seed": run.seed,
         "train_size": len(ctx.train),
         "weight_updates": method.weight_updates(stats),
         "metrics": metrics,
-        "main_metric": ctx.task.main_metric,
-        "main_score": metrics[ctx.task.main_metric],
+        "main_metric": task.main_metric,
+        "main_score": metrics[task.main_metric],
+        "evaluation_set": data.evaluation_set,
+        "evaluation_size": len(data.evaluation),
+        "predictions": PREDICTIONS,
+        **test,
+        "problem_type": "regression" if task.is_regression else "classification",
+        "labels": list(task.label_names) if task.label_names else None,
+        "text_columns": list(task.text_columns),
         "train_time_s": round(train_time, 3),
         "total_time_s": round(time.perf_counter() - started, 3),
         "lr": ctx.lr,
@@ -109,6 +126,24 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
     if processes is not None:
         distributed.stop()
     return results
+
+
+def _score_and_predict(model, ctx: RunContext, data, output_dir: Path) -> tuple[dict, dict]:
+    """The evaluation set's metrics, and predictions.csv; with a test set, its metrics (when it has labels)
+    and test_predictions.csv. Returns (metrics, the test entries of results.json)."""
+    from .metrics import compute_metrics
+    from .predict import evaluation_table, write_table
+
+    outputs, references = model_outputs(model, ctx, ctx.dev)
+    metrics = compute_metrics(ctx.task, outputs, references)
+    write_table(evaluation_table(ctx.task, data.evaluation, outputs, data.label_column), output_dir / PREDICTIONS)
+    test = {}
+    if data.test is not None:
+        outputs, references = model_outputs(model, ctx, ctx.tokenize(data.test), desc="test")
+        write_table(evaluation_table(ctx.task, data.test, outputs, data.label_column), output_dir / TEST_PREDICTIONS)
+        test = {"test_metrics": compute_metrics(ctx.task, outputs, references) if references else None,
+                "test_size": len(data.test), "test_predictions": TEST_PREDICTIONS}
+    return metrics, test
 
 
 def environment(device) -> dict[str, str]:

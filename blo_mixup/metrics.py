@@ -1,9 +1,12 @@
-"""GLUE metrics for evaluation: the package's own `evaluate` module, loaded by path.
+"""Metrics for evaluation: GLUE tasks through the package's own `evaluate` module, loaded by path; your
+own data (datafiles.py) directly with scikit-learn and scipy.
 
 `evaluate.load("glue", task)` needs the hub; blo_mixup/glue_metric/glue_metric.py gives the same
 keys ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr") offline, computed with
-scikit-learn and scipy. Undefined correlations (constant predictions, as from a model that always
-predicts one class) are 0.0, not NaN; see that module's docstring.
+scikit-learn and scipy. Your own data adds "macro_f1" (the mean of every label's F1); its "f1" (two
+labels only) is the F1 of the second label in the saved order. Undefined correlations (constant
+predictions, as from a model that always predicts one class) are 0.0, not NaN; see that module's
+docstring.
 """
 
 from __future__ import annotations
@@ -50,11 +53,38 @@ def compute_metrics(task: TaskSpec | str, predictions, references) -> dict[str, 
     regression, scores of shape (n,) or (n, 1). references: gold indices or scores.
     """
     task = get_task(task)
+    references = np.asarray(references, dtype=np.float32 if task.is_regression else np.int64)
+    if task.source != "glue":
+        return _own_data_metrics(task, _as_predictions(task, predictions), references)
     if task.name not in _loaded:
         _loaded[task.name] = load_metric(task)
-    references = np.asarray(references, dtype=np.float32 if task.is_regression else np.int64)
     result = _loaded[task.name].compute(predictions=_as_predictions(task, predictions), references=references)
     return {name: float(result[name]) for name in task.metrics}
+
+
+def _own_data_metrics(task: TaskSpec, predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """task.metrics of a task made from your own data, with scikit-learn and scipy."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    def constant(values):
+        return values.size == 0 or bool(np.all(values == values[0]))
+
+    def correlation(fn):  # 0/0 for constant inputs: 0.0 ("no correlation"), not NaN
+        if constant(predictions) or constant(references):
+            return 0.0
+        return float(fn(predictions.astype(float), references.astype(float))[0])
+
+    functions = {
+        "accuracy": lambda: accuracy_score(references, predictions),
+        "f1": lambda: f1_score(references, predictions, pos_label=1, average="binary", zero_division=0.0),
+        "macro_f1": lambda: f1_score(references, predictions, average="macro", zero_division=0.0),
+        "matthews_correlation": lambda: 0.0 if constant(predictions) or constant(references)
+        else matthews_corrcoef(references, predictions),
+        "pearson": lambda: correlation(pearsonr),
+        "spearmanr": lambda: correlation(spearmanr),
+    }
+    return {name: float(functions[name]()) for name in task.metrics}
 
 
 def main_metric_value(task: TaskSpec | str, metrics: dict) -> float:

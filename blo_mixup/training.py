@@ -1,4 +1,4 @@
-"""The shared training loop, evaluation on the dev set, and what every method's training needs.
+"""The shared training loop, evaluation on the evaluation set, and what every method's training needs.
 
 Methods plug in through their hooks (methods/base.py); nothing here knows a method by name.
 """
@@ -29,7 +29,7 @@ class RunContext:
     tokenizer: Any
     train_raw: Any  # datasets.Dataset: the low-resource subsample, untokenized
     train: Any  # the same examples, tokenized
-    dev: Any  # the GLUE dev set, tokenized
+    dev: Any  # the evaluation set (GLUE: the dev set), tokenized
     device: torch.device
     output_dir: Path
     lr: float
@@ -261,25 +261,38 @@ def mean_squared_gradients(model, batches, loss_fn, params: dict) -> dict:
 
 
 @torch.no_grad()
-def predict(model, ctx: RunContext, dataset) -> tuple[list, list]:
-    """Predictions (class indices, or scores for regression) and references on `dataset`."""
+def model_outputs(model, ctx: RunContext, dataset, desc: str = "evaluate"):
+    """The model's outputs on `dataset`, in row order: a float numpy array of logits (n, labels), or of
+    scores (n,) for regression; and the references (None when the rows carry no labels). Batched, with
+    a progress bar."""
+    import numpy as np
+
+    from .distributed import is_main_process
+
     was_training = model.training
     model.to(ctx.device).eval()
-    predictions, references = [], []
-    for batch in ctx.loader(dataset, batch_size=ctx.run.eval_batch_size, shuffle=False):
+    outputs, references = [], []
+    loader = ctx.loader(dataset, batch_size=ctx.run.eval_batch_size, shuffle=False)
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not is_main_process()):
         batch = to_device(batch, ctx.device)
-        logits = model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}).logits
-        if ctx.task.is_regression:
-            predictions.extend(logits.squeeze(-1).float().cpu().tolist())
-        else:
-            predictions.extend(logits.argmax(-1).cpu().tolist())
-        references.extend(batch["labels"].cpu().tolist())
+        logits = model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}).logits.float()
+        outputs.append((logits.squeeze(-1) if ctx.task.is_regression else logits).cpu().numpy())
+        if "labels" in batch:
+            references.extend(batch["labels"].cpu().tolist())
     model.train(was_training)
-    return predictions, references
+    width = () if ctx.task.is_regression else (ctx.task.num_labels,)
+    values = np.concatenate(outputs) if outputs else np.zeros((0, *width), dtype=np.float32)
+    return values, (references or None)
+
+
+def predict(model, ctx: RunContext, dataset) -> tuple[list, list]:
+    """Predictions (class indices, or scores for regression) and references on `dataset`."""
+    outputs, references = model_outputs(model, ctx, dataset)
+    return (outputs if ctx.task.is_regression else outputs.argmax(-1)).tolist(), references or []
 
 
 def evaluate(model, ctx: RunContext, dataset=None) -> dict[str, float]:
-    """GLUE metrics of `model` on the dev set (or `dataset`)."""
+    """The task's metrics of `model` on the evaluation set (or `dataset`)."""
     from .metrics import compute_metrics
 
     predictions, references = predict(model, ctx, ctx.dev if dataset is None else dataset)
