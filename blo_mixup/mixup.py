@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -390,6 +391,51 @@ class WeightMixup(nn.Module):
             attention.project_()
 
 
+# --------------------------------------------------------------------------------------------------
+# Guards against the two ways an ordinary training loop misuses a mixed model
+
+
+class _AttentionWatch:
+    """Warns once when the model trains while its attention gets gradients but never changes.
+
+    The attention is not in `model.parameters()`, so a Trainer or a plain loop over the model's
+    parameters trains W alone and leaves A where it started, silently. A forward pre-hook counts the
+    training-mode forwards after which every attention parameter holds a gradient and none has been
+    modified in place since (torch's tensor version counter: optimizer steps bump it); at `patience`
+    such forwards in a row it warns. Frozen attention (requires_grad False, as in phase 2) has no
+    gradient and is never reported; the bi-level method steps A every --unroll-steps forwards.
+    """
+
+    def __init__(self, mixup: "WeightMixup", patience: int = 50):
+        self.mixup, self.patience = mixup, patience
+        self.versions, self.unchanged, self.warned = None, 0, False
+
+    def __call__(self, module, args):
+        if self.warned or not module.training:
+            return
+        params = list(self.mixup.parameters())
+        if not params or any(p.grad is None or not p.requires_grad for p in params):
+            self.versions, self.unchanged = None, 0
+            return
+        versions = [p._version for p in params]
+        self.unchanged = self.unchanged + 1 if versions == self.versions else 0
+        self.versions = versions
+        if self.unchanged >= self.patience:
+            self.warned = True
+            warnings.warn(
+                f"the weight mixup's attention has received gradients for {self.patience} training steps but was "
+                "never updated: it is not in model.parameters(), so an optimizer built from them trains W alone. "
+                "Give the optimizer mixup.parameters() too (or train with blo_mixup's bi-level method); freeze it "
+                "with mixup.requires_grad_(False) if that is what you want.", stacklevel=2)
+
+
+def _refuse_unmerged_save(*args, **kwargs):
+    raise UserError(
+        "this model has a weight mixup attached: its saved weights would be W and W0 under parametrization "
+        "keys that plain transformers loads as freshly initialised layers; call blo_mixup.merge_weight_mixup(model) "
+        "first (it bakes W_eff into ordinary weights), then save_pretrained")
+
+
 def _mixed_weight_of(module) -> _MixedWeight | None:
     if not parametrize.is_parametrized(module, "weight"):
         return None
@@ -462,7 +508,12 @@ def attach_weight_mixup(model: nn.Module, config: MixupConfig | None = None) -> 
         key = group[0].replace(".", "-") or "<root>"
         attentions[key] = attention
         module_names[key] = list(group)
-    return WeightMixup(model, config, attentions, module_names)
+    mixup = WeightMixup(model, config, attentions, module_names)
+    # The two guards live on the model instance until merge_weight_mixup removes them.
+    model.__dict__["_blo_mixup_watch"] = model.register_forward_pre_hook(_AttentionWatch(mixup))
+    if hasattr(model, "save_pretrained"):
+        model.__dict__["save_pretrained"] = _refuse_unmerged_save
+    return mixup
 
 
 @torch.no_grad()
@@ -496,4 +547,8 @@ def merge_weight_mixup(model: nn.Module) -> nn.Module:
         for module in modules:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         modules[0].weight.copy_(effective)  # the same Parameter for every user of a tied weight
+    watch = model.__dict__.pop("_blo_mixup_watch", None)
+    if watch is not None:
+        watch.remove()
+    model.__dict__.pop("save_pretrained", None)  # the class's own save_pretrained again
     return model

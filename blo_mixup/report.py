@@ -88,7 +88,7 @@ def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, floa
 
     mean, std = mean_std(values)
     half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * std / math.sqrt(len(values))
-    return mean - half, mean + half
+    return float(mean - half), float(mean + half)
 
 
 def updates_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:

@@ -102,7 +102,8 @@ def test_paired_table_differences_on_the_same_seeds():
                                   ("mrpc", "c", 3, 0.9)]]  # c: no seed shared with a
     table = paired_table(results, ["rte", "mrpc"], ["a", "b", "c"])
     # rte: +5, -15; mrpc: +10, -8; average per seed: +7.5, -11.5
-    assert "| b | -5.00 ± 14.14 (1/2 higher) | +1.00 ± 12.73 (1/2 higher) | -2.00 ± 13.44 (1/2 higher) |" in table
+    assert ("| b | -5.00 ± 14.14 (1/2 higher; 95% CI -132.06 to +122.06) | +1.00 ± 12.73 (1/2 higher; 95% CI -113.36 to "
+            "+115.36) | -2.00 ± 13.44 (1/2 higher; 95% CI -122.71 to +118.71) |") in table  # t(0.975, 1) = 12.706
     assert "| c | - | - | - |" in table
     assert table.startswith("| against a, same seeds |")
 

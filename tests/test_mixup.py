@@ -564,3 +564,61 @@ def test_bad_attachments_raise_user_errors():
     attach_weight_mixup(model)
     with pytest.raises(UserError, match="already has a weight mixup"):
         attach_weight_mixup(model)
+
+
+# ------------------------------------------------------------------------------------------------
+# Guards: an ordinary training loop that forgets the attention, and save_pretrained before merging
+
+
+def _plain_loop(model, optimizer, steps):
+    batch = make_batch()
+    labels = torch.zeros(batch["input_ids"].shape[0], dtype=torch.long)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+
+
+def test_a_loop_that_never_updates_the_attention_warns_once():
+    model = make_model("bert")
+    attach_weight_mixup(model, MixupConfig())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)  # W only: the trap
+    with pytest.warns(UserWarning, match="never updated") as caught:
+        _plain_loop(model, optimizer, 55)
+    assert len([w for w in caught if "never updated" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("setup", ["attention trained", "attention frozen", "eval only"])
+def test_no_warning_when_the_attention_is_trained_or_frozen(setup):
+    import warnings
+
+    model = make_model("bert")
+    mixup = attach_weight_mixup(model, MixupConfig())
+    params = list(model.parameters())
+    if setup == "attention trained":
+        params += list(mixup.parameters())
+    if setup == "attention frozen":
+        mixup.requires_grad_(False)
+    optimizer = torch.optim.SGD(params, lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if setup == "eval only":
+            model.eval()
+            with torch.no_grad():
+                for _ in range(60):
+                    model(**make_batch())
+        else:
+            _plain_loop(model, optimizer, 60)
+
+
+def test_save_pretrained_refuses_an_unmerged_model_and_works_after_merging(tmp_path):
+    model = make_model("bert")
+    attach_weight_mixup(model, MixupConfig())
+    with pytest.raises(UserError, match="merge_weight_mixup"):
+        model.save_pretrained(tmp_path / "unmerged")
+    assert not (tmp_path / "unmerged" / "model.safetensors").exists()
+    merge_weight_mixup(model)
+    model.save_pretrained(tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    _plain_loop(model, torch.optim.SGD(model.parameters(), lr=1e-3), 2)  # the watch is gone with the mixup
