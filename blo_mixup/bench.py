@@ -294,7 +294,7 @@ def _mixup_step_case(options, batches, device) -> Case:
 
 
 def run_bench(options: BenchOptions) -> dict[str, Any]:
-    from .finetune import pick_device
+    from .models import pick_device
     from .training import steps_for
 
     if options.threads:

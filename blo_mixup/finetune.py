@@ -15,6 +15,7 @@ from . import __version__, distributed
 from .checkpoint import Checkpointer
 from .config import RunConfig, small_model_lr, to_dict, validate_run_config, with_train_size
 from .errors import UserError
+from .models import pick_device
 from .runs import MODEL_DIR, RESULTS, prepare_output_dir, save_pretrained_atomic, write_json_atomic
 from .training import NonFiniteError, RunContext, model_outputs
 
@@ -26,12 +27,6 @@ def default_output_dir(run: RunConfig) -> Path:
     from .datafiles import data_name
 
     return Path("runs") / f"{data_name(run)}-{run.method}-s{run.seed}"
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def build_context(run: RunConfig, method, output_dir: Path, data=None):

@@ -75,6 +75,15 @@ def load_model_and_tokenizer(name: str, task, *, eager_attention: bool = False, 
     return model, tokenizer
 
 
+def pick_device(name: str | None):
+    """The torch device named, or CUDA when present, else the CPU."""
+    import torch
+
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

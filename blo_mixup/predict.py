@@ -91,7 +91,7 @@ def predict_file(model_path: str | Path, file: str | Path, output: str | Path, *
 
     from .config import RunConfig, check_positive
     from .datafiles import check_columns, make_dataset, read_table, read_texts
-    from .finetune import pick_device
+    from .models import pick_device
     from .training import RunContext, model_outputs
 
     output = Path(output)
