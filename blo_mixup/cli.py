@@ -89,22 +89,42 @@ def build_parser() -> Parser:
 
 def resolve_finetune(args: argparse.Namespace):
     """Merge dataclass defaults < config file < flags; returns (RunConfig, Method instance)."""
-    from .config import RunConfig, build_dataclass, check_known_keys, field_names, read_config_file, with_train_size
-    from .methods import METHODS, get_method
+    from .config import read_config_file
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     values = read_config_file(args.config) if args.config else {}
-    method_name = given.get("method", values.get("method", RunConfig.method))
+    if args.config:
+        check_option_names(values, f"config file {args.config}")
+    values.update(given)
+    return resolve_options(values)
+
+
+def check_option_names(names, where: str, hint: str | None = None) -> None:
+    """Reject a name that is no option of any method (RunConfig's fields and every method's options
+    dataclass), with the closest valid name."""
+    from .config import RunConfig, check_known_keys, field_names
+    from .methods import METHODS
+
+    all_option_keys = sorted({k for cls in METHODS.values() for k in field_names(cls.options_class)})
+    check_known_keys(names, field_names(RunConfig) + all_option_keys, where, hint)
+
+
+def resolve_options(values: dict[str, Any], python: bool = False):
+    """(RunConfig, Method instance) from option values (names with underscores, as the dataclass fields):
+    the one place where `finetune`'s flags and config file, and blo_mixup.fit's keyword arguments, become a
+    run. An option of another method than the chosen one is refused, naming its method. python: name
+    options as Python keywords (lr=...) in messages instead of flags (--lr)."""
+    from .config import RunConfig, build_dataclass, field_names, with_train_size
+    from .methods import METHODS, get_method
+
+    method_name = values.get("method", RunConfig.method)
     method_cls = get_method(method_name)
     run_keys, method_keys = field_names(RunConfig), field_names(method_cls.options_class)
-    if args.config:
-        all_option_keys = sorted({k for cls in METHODS.values() for k in field_names(cls.options_class)})
-        check_known_keys(values, run_keys + all_option_keys, f"config file {args.config}")
-    values.update(given)
     for key in values:
         if key not in run_keys and key not in method_keys:
             owners = [n for n, cls in METHODS.items() if key in field_names(cls.options_class)]
-            raise UserError(f"option {_flag(key)} belongs to method {', '.join(owners)}, not '{method_name}'; drop it or pass --method {owners[0]}")
+            option, switch = (f"'{key}'", f"method='{owners[0]}'") if python else (_flag(key), f"--method {owners[0]}")
+            raise UserError(f"option {option} belongs to method {', '.join(owners)}, not '{method_name}'; drop it or pass {switch}")
     run = with_train_size(build_dataclass(RunConfig, {k: v for k, v in values.items() if k in run_keys}, "the run options"))
     options = build_dataclass(method_cls.options_class, {k: v for k, v in values.items() if k in method_keys}, f"the {method_name} options")
     return run, method_cls(options, run)

@@ -105,19 +105,24 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def check_known_keys(keys, known: list[str], where: str) -> None:
+def check_known_keys(keys, known: list[str], where: str, hint: str | None = None) -> None:
     """Reject keys that are not options, naming the closest valid one."""
+    hint = hint or "see `blo-mixup finetune --help` for the valid names"
     for key in keys:
         if key not in known:
-            raise UserError(f"unknown option '{key}' in {where}{did_you_mean(key, known)}; see `blo-mixup finetune --help` for the valid names")
+            raise UserError(f"unknown option '{key}' in {where}{did_you_mean(key, known)}; {hint}")
 
 
 def build_dataclass(cls, values: dict[str, Any], where: str):
     """Instantiate an options dataclass from a dict, coercing simple types and naming bad values."""
     kwargs = {}
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in values.items():
-        kwargs[name] = _coerce(name, value, str(types[name]), where)
+        kwargs[name] = _coerce(name, value, str(fields[name].type), where)
+        choices = fields[name].metadata.get("choices")
+        if choices and kwargs[name] is not None and kwargs[name] not in choices:  # argparse checks the flags
+            raise UserError(f"option '{name}' in {where} must be one of: {', '.join(choices)}; got {value!r}"
+                            f"{did_you_mean(value, choices)}")
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -159,9 +164,10 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
         raise UserError(f"--{name.replace('_', '-')} must be {bound}; got {value}")
 
 
-def validate_run_config(run: RunConfig) -> None:
-    """Range checks on the shared options; task/method names are checked where they are looked up."""
-    check_data_options(run)
+def validate_run_config(run: RunConfig, data_given: bool = False) -> None:
+    """Range checks on the shared options; task/method names are checked where they are looked up.
+    data_given: the data comes with the call (blo_mixup.fit), not from --task, --train-file or --dataset."""
+    check_data_options(run, data_given)
     check_positive("lr", run.lr)
     check_positive("epochs", run.epochs)
     check_positive("batch_size", run.batch_size)
@@ -178,11 +184,12 @@ def validate_run_config(run: RunConfig) -> None:
         raise UserError(f"--warmup-ratio must be in [0, 1); got {run.warmup_ratio}")
 
 
-def check_data_options(run) -> None:
-    """One source of data, and your own data's options only with your own data."""
+def check_data_options(run, data_given: bool = False) -> None:
+    """One source of data, and your own data's options only with your own data. data_given: the data
+    comes with the call (blo_mixup.fit's train=), so none of --task, --train-file, --dataset is needed."""
     sources = [flag for flag, value in (("--task", run.task), ("--train-file", run.train_file), ("--dataset", run.dataset))
                if value is not None]
-    if not sources:
+    if not sources and not data_given:
         raise UserError("no data given; pass --task (e.g. --task rte), or your own data with --train-file "
                         "(docs/data.md), or set 'task' or 'train_file' in the config file")
     if len(sources) > 1:

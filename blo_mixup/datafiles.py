@@ -3,7 +3,9 @@
 `load_own_data(run)` reads --train-file (and --validation-file, --test-file) or --dataset through
 `datasets`, checks every row and returns data.TaskData in the shape of a GLUE task: the text columns,
 "label" (a ClassLabel over the labels found in the training data, or a float32 score) and "idx" (the
-row's position in its file). docs/data.md describes the options and every error.
+row's position in its file). docs/data.md describes the options and every error. Data given in Python
+(blo_mixup.fit: a DataFrame or a datasets.Dataset) goes through the same checks: `in_memory_table`, then
+`task_data_from_tables`, the one place where a user's data becomes a TaskSpec.
 
 Errors name rows as "row N": the N-th record of the file counted from 1, the header not counted (in a
 CSV or TSV without line breaks inside quoted fields: line N + 1).
@@ -261,7 +263,6 @@ def _metrics(run, regression: bool, labels) -> tuple[str, tuple[str, ...]]:
 
 def load_own_data(run) -> TaskData:
     """The task and data of --train-file / --validation-file / --test-file or --dataset (config.RunConfig)."""
-    column = run.label_column
     if run.train_file:
         train_table, train_where = read_table(run.train_file, "--train-file"), f"'{run.train_file}'"
         validation_table = None
@@ -271,6 +272,52 @@ def load_own_data(run) -> TaskData:
     validation_where = f"hub dataset {run.dataset} (validation split)"
     if run.validation_file:
         validation_table, validation_where = read_table(run.validation_file, "--validation-file"), f"'{run.validation_file}'"
+    return task_data_from_tables(run, data_name(run), (train_table, train_where),
+                                 (validation_table, validation_where) if validation_table is not None else None)
+
+
+def in_memory_table(data, role: str) -> tuple[datasets.Dataset, str]:
+    """(table, its name in messages) of data given in Python (blo_mixup.fit): a datasets.Dataset, a pandas
+    DataFrame, or a data file's path (read as --train-file reads it). role: "train" or "eval"."""
+    import os
+
+    if isinstance(data, (str, os.PathLike)):
+        return read_table(data, role), f"'{data}'"
+    if isinstance(data, datasets.DatasetDict):
+        raise UserError(f"{role} is a DatasetDict (splits: {', '.join(data)}); pass one split, e.g. "
+                        f"{role}=data['{next(iter(data), 'train')}']")
+    if isinstance(data, datasets.Dataset):
+        table, where = data, f"the {role} Dataset"
+    else:
+        import pandas as pd
+
+        if not isinstance(data, pd.DataFrame):
+            raise UserError(f"{role} is a {type(data).__name__}; pass a pandas DataFrame, a datasets.Dataset or "
+                            f"the path of a .csv, .tsv, .json, .jsonl or .parquet file")
+        where = f"the {role} DataFrame"
+        names = [str(column) for column in data.columns]
+        twice = [name for name in names if names.count(name) > 1]
+        if twice:
+            raise UserError(f"{where} has two columns named '{twice[0]}'; give every column its own name")
+        try:
+            table = datasets.Dataset.from_pandas(data.set_axis(names, axis=1), preserve_index=False)
+        except Exception as error:  # pyarrow: a column of mixed types
+            raise UserError(f"{where} could not be turned into a table ({_reason(error)}); give each column "
+                            f"one type, e.g. frame[column].astype(str)") from None
+    if len(table) == 0:
+        raise UserError(f"{where} has no data rows; add examples to it")
+    return table, where
+
+
+def task_data_from_tables(run, name: str, train: tuple[datasets.Dataset, str],
+                          validation: tuple[datasets.Dataset, str] | None = None) -> TaskData:
+    """The task and data of tables already read, each with its name in messages: the one place where a
+    user's data becomes a TaskSpec (labels found in training, regression detected, every row checked),
+    whether it came from files, a hub dataset or Python (blo_mixup.fit). run gives the data options
+    (text_columns, label_column, problem_type, metric, validation_ratio, test_file)."""
+    column = run.label_column
+    (train_table, train_where) = train
+    validation_table, validation_where = validation if validation is not None else (None, None)
     test_table = read_table(run.test_file, "--test-file") if run.test_file else None
     test_where = f"'{run.test_file}'"
 
@@ -296,7 +343,7 @@ def load_own_data(run) -> TaskData:
                             f"classification needs at least 2 labels: check --label-column, or pass "
                             f"--problem-type regression for scores")
     main, metrics = _metrics(run, regression, labels)
-    task = TaskSpec(data_name(run), "", text_columns, labels, regression, main, metrics, "validation", source="data")
+    task = TaskSpec(name, "", text_columns, labels, regression, main, metrics, "validation", source="data")
 
     def dataset(table, where, values):
         if values is not None:

@@ -50,19 +50,27 @@ def build_context(run: RunConfig, method, output_dir: Path, data=None):
     return model, ctx
 
 
-def run_finetune(run: RunConfig, method) -> dict[str, Any]:
+def run_finetune(run: RunConfig, method, data=None) -> dict[str, Any]:
     """Fine-tune with `method` (a methods.Method), evaluate on the evaluation set, write results.json, the
-    evaluation set's predictions and the model. The data is read and checked before anything is written."""
+    evaluation set's predictions and the model. The data is read and checked before anything is written.
+    data: a data.TaskData already loaded (blo_mixup.fit's in-memory data); default: the run's own."""
+    outcome = finetune_with_model(run, method, data)
+    return None if outcome is None else outcome[0]
+
+
+def finetune_with_model(run: RunConfig, method, data=None):
+    """run_finetune, returning (results, the final model: merged, in eval mode, ctx) for blo_mixup.fit;
+    None on another process than rank 0 of --strategy distributed."""
     from transformers import set_seed
 
     from .data import load_task_data
 
     run = with_train_size(run)
-    validate_run_config(run)
+    validate_run_config(run, data_given=data is not None)
     processes = device = None
     if run.strategy == "distributed":
         processes, device = distributed.start(run.device)
-    data = load_task_data(run)  # bad data (or an unknown task) fails before anything is written
+    data = data if data is not None else load_task_data(run)  # bad data (or an unknown task) fails before anything is written
     output_dir = prepare_output_dir(run.output_dir or default_output_dir(run), run.overwrite, run.resume)
     checkpoints = None
     if run.save_steps > 0 or run.resume:
@@ -120,7 +128,7 @@ def run_finetune(run: RunConfig, method) -> dict[str, Any]:
         checkpoints.remove()  # the run is complete: results.json and the model are what it keeps
     if processes is not None:
         distributed.stop()
-    return results
+    return results, model.eval(), ctx
 
 
 def _score_and_predict(model, ctx: RunContext, data, output_dir: Path) -> tuple[dict, dict]:
