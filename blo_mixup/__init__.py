@@ -6,7 +6,9 @@ on Betty. Around it: the field's baselines behind one interface and the low-reso
 
 __version__ = "0.1.0"
 
+from .api import FitResult, fit  # noqa: E402  (light: the heavy imports are inside fit)
 from .errors import UserError  # noqa: E402
 from .mixup import MixupConfig, WeightMixup, attach_weight_mixup, is_mixed, merge_weight_mixup  # noqa: E402
 
-__all__ = ["MixupConfig", "UserError", "WeightMixup", "attach_weight_mixup", "is_mixed", "merge_weight_mixup", "__version__"]
+__all__ = ["FitResult", "MixupConfig", "UserError", "WeightMixup", "attach_weight_mixup", "fit", "is_mixed",
+           "merge_weight_mixup", "__version__"]
