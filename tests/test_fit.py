@@ -227,7 +227,26 @@ def test_in_memory_data_makes_the_same_task_as_the_file(tmp_path):
     assert from_frame.train[:] == from_file.train[:] and from_frame.evaluation[:] == from_file.evaluation[:]
 
 
-# ----------------------------------------------------------------------------------- the example
+# ----------------------------------------------------------------------------------- the examples
+
+
+def test_the_readme_example_runs(tiny_bert_dir, tmp_path, monkeypatch, one_thread, capsys):
+    """README's "In Python" block, as written, on a reviews.csv with the tiny BERT and one epoch."""
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in readme.split("```python\n")[1:] if "blo_mixup.fit(" in b).split("```")[0]
+    assert '"minilm"' in block and "epochs=3" in block
+    code = block.replace('"minilm"', repr(str(tiny_bert_dir))).replace("epochs=3", "epochs=1, batch_size=8, max_length=32")
+    monkeypatch.chdir(tmp_path)
+    ratings = ["bad", "ok", "good"]
+    pd.DataFrame({"review": [f"a {ratings[i % 3]} film, number {i}" for i in range(30)],
+                  "rating": [ratings[i % 3] for i in range(30)]}).to_csv("reviews.csv", index=False)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert "accuracy" in capsys.readouterr().out
+    assert namespace["result"].results["evaluation_size"] == 6 and namespace["result"].attention is not None
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "reviews-model").id2label == {0: "bad", 1: "good", 2: "ok"}
 
 
 def test_the_example_runs(tiny_bert_dir, tmp_path, one_thread, capsys):
