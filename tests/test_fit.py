@@ -85,11 +85,14 @@ def test_dataframe_with_four_string_labels(method, tiny_bert_dir, tmp_path, one_
     assert "FitResult(model=BertForSequenceClassification" in repr(result)
 
 
-def test_jsonl_file_regression_into_a_temporary_folder(tiny_bert_dir, tmp_path, one_thread):
+def test_jsonl_file_regression_into_a_temporary_folder(tiny_bert_dir, tmp_path, monkeypatch, one_thread):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the "temporary folder" of output_dir=None
     path = write_jsonl(tmp_path / "scores.jsonl", scores(30))
     result = blo_mixup.fit(tiny_bert_dir, path, method="vanilla", text_columns="sentence", label_column="score",
                            **QUICK)
-    assert result.output_dir.is_dir() and result.output_dir.name.startswith("blo-mixup-fit-")
+    assert result.output_dir.parent == tmp_path and result.output_dir.name.startswith("blo-mixup-fit-")
     assert (result.output_dir / "model" / "config.json").is_file()
     assert result.results["task"] == "scores" and result.results["problem_type"] == "regression"
     assert result.results["config"]["train_file"] == str(path)
@@ -237,6 +240,9 @@ def test_the_readme_example_runs(tiny_bert_dir, tmp_path, monkeypatch, one_threa
     assert '"minilm"' in block and "epochs=3" in block
     code = block.replace('"minilm"', repr(str(tiny_bert_dir))).replace("epochs=3", "epochs=1, batch_size=8, max_length=32")
     monkeypatch.chdir(tmp_path)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     ratings = ["bad", "ok", "good"]
     pd.DataFrame({"review": [f"a {ratings[i % 3]} film, number {i}" for i in range(30)],
                   "rating": [ratings[i % 3] for i in range(30)]}).to_csv("reviews.csv", index=False)
