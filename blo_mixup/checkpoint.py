@@ -36,7 +36,7 @@ from .errors import Stopped, UserError
 FOLDER = "checkpoints"
 RUN_FILE = "run.json"
 # Options that may differ between the killed run and its resumption: they do not change the numbers.
-MAY_CHANGE_ON_RESUME = ("resume", "overwrite", "save_steps", "skip_nonfinite", "output_dir")
+MAY_CHANGE_ON_RESUME = ("resume", "overwrite", "save_steps", "skip_nonfinite", "output_dir", "report_to")
 
 
 class ResumableLoader:

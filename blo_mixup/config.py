@@ -56,6 +56,7 @@ class RunConfig(DataOptions):
     resume: bool = field(default=False, metadata={"help": "continue the killed run in --output-dir from its last checkpoint (same options)"})
     save_steps: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (blo-mixup phase 1: lower steps) and at the end of each stage; 0 = never"})
     skip_nonfinite: int = field(default=0, metadata={"help": "skip up to this many steps whose loss or gradient is NaN/Inf, then stop; 0 = stop at the first"})
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard: write both levels' losses, learning rates, the hypergradient norm, the mean attention per layer and the evaluation metrics to <output-dir>/logs; none: only the loss history in results.json", "choices": ("tensorboard", "none")})
     save_model: bool = field(default=True, metadata={"help": "save the fine-tuned model (save_pretrained) in <output-dir>/model"})
     device: str | None = field(default=None, metadata={"help": "torch device; default CUDA when present, else CPU"})
     strategy: str = field(default="default", metadata={"help": "default: one process; distributed: data parallel over the processes torchrun starts (docs/robustness.md)", "choices": ("default", "distributed")})

@@ -14,9 +14,11 @@ import torch
 from . import __version__, distributed
 from .checkpoint import Checkpointer
 from .config import RunConfig, small_model_lr, to_dict, validate_run_config, with_train_size
+from .distributed import is_main_process
 from .errors import UserError
+from .logs import RunLog, logging_to
 from .models import pick_device
-from .runs import MODEL_DIR, RESULTS, prepare_output_dir, save_pretrained_atomic, write_json_atomic
+from .runs import LOGS, MODEL_DIR, RESULTS, prepare_output_dir, save_pretrained_atomic, write_json_atomic
 from .training import NonFiniteError, RunContext, model_outputs
 
 PREDICTIONS = "predictions.csv"
@@ -83,8 +85,10 @@ def finetune_with_model(run: RunConfig, method, data=None):
     set_seed(run.seed)
     model = method.prepare_model(model, ctx)
     train_started = time.perf_counter()
+    log = RunLog(output_dir / LOGS, run.report_to if is_main_process() else "none")
     try:
-        stats = method.fit(model, ctx)
+        with logging_to(log):
+            stats = method.fit(model, ctx)
     except NonFiniteError as error:
         last = checkpoints.last_good() if checkpoints else "none (--save-steps 0)"
         raise UserError(f"{error}; last good checkpoint: {last}. Lower --lr (now {ctx.lr:g}) or --outer-lr and "
@@ -95,6 +99,9 @@ def finetune_with_model(run: RunConfig, method, data=None):
         return None
     model = method.finalize_model(model)
     metrics, test = _score_and_predict(model, ctx, data, output_dir)
+    with logging_to(RunLog(output_dir / LOGS, run.report_to)) as final:  # appends to the same event folder
+        for name, value in metrics.items():
+            final.scalar(f"eval/{name}", value, method.weight_updates(stats))
     if run.save_model:
         save_pretrained_atomic(model, ctx.tokenizer, output_dir / MODEL_DIR)
     task = ctx.task
@@ -118,6 +125,8 @@ def finetune_with_model(run: RunConfig, method, data=None):
         "total_time_s": round(time.perf_counter() - started, 3),
         "lr": ctx.lr,
         "training": stats,
+        "loss_history": log.loss_history(),
+        "logs": LOGS if run.report_to == "tensorboard" else None,
         **method.results(),
         "config": {**to_dict(run), "output_dir": str(output_dir), "method_options": dataclasses.asdict(method.options)},
         "model_dir": MODEL_DIR if run.save_model else None,

@@ -48,6 +48,13 @@ class BloProblem:
         self._global_step = global_step  # Betty sets it for leaves only; error messages name it
         return super().step_normal(global_step=global_step)
 
+    def one_step_descent(self, batch=None):
+        from .logs import current
+
+        loss_dict = super().one_step_descent(batch)
+        current().scalar(f"phase1/{self.name}/loss", loss_dict["loss"], self._global_step or self._count)
+        return loss_dict
+
     def patch_module(self):
         self.module.to(self.device)
         if self._strategy == "distributed":
@@ -71,6 +78,11 @@ class BloProblem:
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         if torch.isfinite(norm):
+            from .logs import current
+
+            step, log = self._global_step or self._count, current()
+            log.scalar(f"phase1/{self.name}/grad_norm", norm, step)
+            log.scalar(f"phase1/{self.name}/lr", self.optimizer.param_groups[0]["lr"], step)
             return super().optimizer_step(*args, **kwargs)
         from .training import NonFiniteError
 
@@ -173,7 +185,13 @@ class MixupAttention(SingleBackwardUpper):
         return per_example_loss(self.module.model, batch).mean()
 
     def param_callback(self):
+        from .logs import current
+
         self.module.project_()
+        log = current()
+        if log.enabled:  # the mean of A per mixed module, after every upper step
+            for name, stats in self.module.attention_stats().items():
+                log.scalar(f"attention/{name}", stats["mean"], self._global_step or self._count)
 
 
 class ExampleWeights(torch.nn.Module):

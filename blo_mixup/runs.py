@@ -13,6 +13,7 @@ from .errors import UserError
 
 RESULTS = "results.json"
 MODEL_DIR = "model"
+LOGS = "logs"  # TensorBoard event files (--report-to tensorboard)
 
 
 def is_finished(output_dir: str | Path) -> bool:

@@ -171,11 +171,18 @@ def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: O
 
 
 def progress_bar(total: int, initial: int, desc: str):
-    """A tqdm bar over steps, shown by the main process only (TQDM_* environment defaults still apply)."""
-    from .distributed import is_main_process
+    """A tqdm bar over steps on a terminal, plain progress lines otherwise; the main process only."""
+    import os
+    import sys
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False,
-                **({} if is_main_process() else {"disable": True}))
+    from .distributed import is_main_process
+    from .logs import LineProgress
+
+    if not is_main_process():
+        return tqdm(total=total, initial=initial, desc=desc, disable=True)
+    if not sys.stderr.isatty() and not os.environ.get("TQDM_DISABLE"):
+        return LineProgress(total, initial, desc)  # a log file: plain lines, not carriage-return redraws
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False)
 
 
 def skip_nonfinite(ctx: RunContext, opt: Optimization, error: NonFiniteError) -> None:
@@ -199,6 +206,9 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
     from the last save, or returns at once (with the saved end state) if it had finished.
     """
     from .checkpoint import restore_rng, stage_for, stop_at_next_step
+    from .logs import current, stage_tag
+
+    log, tag = current(), stage_tag(desc)
 
     total_steps = steps or steps_for(len(train_data), ctx.run.batch_size, epochs)
     opt = Optimization.build(model, method, ctx, lr=lr, total_steps=total_steps,
@@ -226,6 +236,8 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
             if loss is not None:
                 losses.append(loss)
                 progress.set_postfix(loss=f"{loss:.4f}")
+                log.scalar(f"{tag}/loss", loss, step)
+                log.scalar(f"{tag}/lr", opt.scheduler.get_last_lr()[0], step)
             progress.update(1)
             if stage.due(step) and step < total_steps:
                 stage.save(step, model=model.state_dict(), method=method.state_dict(), optimizer=opt.optimizer.state_dict(),
