@@ -171,6 +171,9 @@ def main(argv=None) -> int:
 
         commands.update(compare=cmd_compare, bench=cmd_bench, curves=cmd_curves, predict=cmd_predict)
         args = build_parser().parse_args(argv)
+        from .logs import quiet_library_bars
+
+        quiet_library_bars()  # off a terminal: no tokenizing / weight-loading bars in the log file
         return commands[args.command](args)
     except UserError as e:
         print(f"blo-mixup: error: {e}", file=sys.stderr)

@@ -100,7 +100,8 @@ class LineProgress:
             done = self.n - self.start_n
             rate = (time.perf_counter() - self.started) / done if done else 0.0
             extra = f", {self.postfix}" if self.postfix else ""
-            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({rate:.2f} s/{self.unit}{extra})", file=sys.stderr, flush=True)
+            units = self.unit + ("es" if self.unit.endswith("ch") else "s")
+            print(f"{self.desc}: {self.n}/{self.total} {units} ({rate:.2f} s/{self.unit}{extra})", file=sys.stderr, flush=True)
             self.next_report = self._next(self.n)
 
     def close(self) -> None:

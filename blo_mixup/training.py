@@ -170,7 +170,7 @@ def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: O
     return loss.item()
 
 
-def progress_bar(total: int, initial: int, desc: str):
+def progress_bar(total: int, initial: int, desc: str, unit: str = "step"):
     """A tqdm bar over steps on a terminal, plain progress lines otherwise; the main process only."""
     import os
     import sys
@@ -181,8 +181,8 @@ def progress_bar(total: int, initial: int, desc: str):
     if not is_main_process():
         return tqdm(total=total, initial=initial, desc=desc, disable=True)
     if not sys.stderr.isatty() and not os.environ.get("TQDM_DISABLE"):
-        return LineProgress(total, initial, desc)  # a log file: plain lines, not carriage-return redraws
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False)
+        return LineProgress(total, initial, desc, unit)  # a log file: plain lines, not carriage-return redraws
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False)
 
 
 def skip_nonfinite(ctx: RunContext, opt: Optimization, error: NonFiniteError) -> None:
@@ -279,18 +279,19 @@ def model_outputs(model, ctx: RunContext, dataset, desc: str = "evaluate"):
     a progress bar."""
     import numpy as np
 
-    from .distributed import is_main_process
-
     was_training = model.training
     model.to(ctx.device).eval()
     outputs, references = [], []
     loader = ctx.loader(dataset, batch_size=ctx.run.eval_batch_size, shuffle=False)
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not is_main_process()):
+    progress = progress_bar(len(loader), 0, desc, unit="batch")
+    for batch in loader:
+        progress.update(1)
         batch = to_device(batch, ctx.device)
         logits = model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}).logits.float()
         outputs.append((logits.squeeze(-1) if ctx.task.is_regression else logits).cpu().numpy())
         if "labels" in batch:
             references.extend(batch["labels"].cpu().tolist())
+    progress.close()
     model.train(was_training)
     width = () if ctx.task.is_regression else (ctx.task.num_labels,)
     values = np.concatenate(outputs) if outputs else np.zeros((0, *width), dtype=np.float32)
