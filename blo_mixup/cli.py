@@ -19,6 +19,14 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line naming the fix, like every other bad input."""
 
     def error(self, message):
+        from .config import HF_NAMES
+
+        # A Hugging Face TrainingArguments flag (--learning_rate, --num-train-epochs): name ours.
+        for token in message.split():
+            name = token.split("=")[0].lstrip("-").replace("-", "_")
+            if token.startswith("--") and name in HF_NAMES:
+                raise UserError(f"{token.split('=')[0]} is the Hugging Face TrainingArguments name; here it is "
+                                f"{_flag(HF_NAMES[name])} (config files accept '{name}' too)")
         raise UserError(f"{message}; see `{self.prog} --help`")
 
 
@@ -102,9 +110,10 @@ def resolve_finetune(args: argparse.Namespace):
 def check_option_names(names, where: str, hint: str | None = None) -> None:
     """Reject a name that is no option of any method (RunConfig's fields and every method's options
     dataclass), with the closest valid name."""
-    from .config import RunConfig, check_known_keys, field_names
+    from .config import HF_NAMES, RunConfig, check_known_keys, field_names
     from .methods import METHODS
 
+    names = [HF_NAMES.get(name, name) for name in names]  # TrainingArguments names are accepted
     all_option_keys = sorted({k for cls in METHODS.values() for k in field_names(cls.options_class)})
     check_known_keys(names, field_names(RunConfig) + all_option_keys, where, hint)
 
@@ -114,9 +123,10 @@ def resolve_options(values: dict[str, Any], python: bool = False):
     the one place where `finetune`'s flags and config file, and blo_mixup.fit's keyword arguments, become a
     run. An option of another method than the chosen one is refused, naming its method. python: name
     options as Python keywords (lr=...) in messages instead of flags (--lr)."""
-    from .config import RunConfig, build_dataclass, field_names, with_train_size
+    from .config import RunConfig, build_dataclass, field_names, translate_hf_names, with_train_size
     from .methods import METHODS, get_method
 
+    values = translate_hf_names(values, "the options")
     method_name = values.get("method", RunConfig.method)
     method_cls = get_method(method_name)
     run_keys, method_keys = field_names(RunConfig), field_names(method_cls.options_class)

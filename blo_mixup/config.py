@@ -103,7 +103,31 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({e}); fix its syntax") from e
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of option names to values; found {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return translate_hf_names({str(k).replace("-", "_"): v for k, v in data.items()}, f"config file {path}")
+
+
+# Hugging Face TrainingArguments (and run_glue.py) names -> this package's option names.
+HF_NAMES = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "overwrite_output_dir": "overwrite",
+    "max_seq_length": "max_length",
+    "model_name_or_path": "model",
+}
+
+
+def translate_hf_names(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Accept TrainingArguments names (learning_rate, num_train_epochs, ...) as this package's options.
+    warmup_ratio, weight_decay, seed, output_dir, max_grad_norm and report_to are the same names here."""
+    translated = {}
+    for key, value in values.items():
+        ours = HF_NAMES.get(key, key)
+        if ours != key and ours in values:
+            raise UserError(f"{where} sets both '{key}' (Hugging Face's name) and '{ours}' (the same option); keep one")
+        translated[ours] = value
+    return translated
 
 
 def check_known_keys(keys, known: list[str], where: str, hint: str | None = None) -> None:
