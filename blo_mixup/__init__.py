@@ -10,5 +10,18 @@ from .api import FitResult, fit  # noqa: E402  (light: the heavy imports are ins
 from .errors import UserError  # noqa: E402
 from .mixup import MixupConfig, WeightMixup, attach_weight_mixup, is_mixed, merge_weight_mixup  # noqa: E402
 
+
+
+def register_hypergradient(name, fn, *, options=None, second_order=False, replace=False, betty_fields=None):
+    """Make fn(vector, curr, prev, sync) usable as hypergradient `name` (config files, fit(), the Engine).
+
+    blo_mixup.hypergradients.register_hypergradient, imported on first call so `import blo_mixup` stays
+    light; its docstring and docs/hypergradients.md ("Your own hypergradient") describe the arguments.
+    """
+    from .hypergradients import register_hypergradient as register
+
+    return register(name, fn, options=options, second_order=second_order, replace=replace, betty_fields=betty_fields)
+
+
 __all__ = ["FitResult", "MixupConfig", "UserError", "WeightMixup", "attach_weight_mixup", "fit", "is_mixed",
-           "merge_weight_mixup", "__version__"]
+           "merge_weight_mixup", "register_hypergradient", "__version__"]

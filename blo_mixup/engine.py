@@ -32,6 +32,7 @@ class BLOSettings:
     hypergradient_iterations: int | None = None
     hypergradient_alpha: float | None = None
     hypergradient_radius: float | None = None
+    hypergradient_options: dict | str | None = None  # any option of the method by name (hypergradient_config)
     unroll_steps: int = 1
     epochs: float = 3.0
     lower_lr: float = 2e-5
@@ -171,7 +172,8 @@ def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, d
         lower_optimizer, int(settings.lower_warmup_ratio * train_iters), train_iters)
     lower_config = hypergradient_config(
         settings.hypergradient, iterations=settings.hypergradient_iterations, alpha=settings.hypergradient_alpha,
-        radius=settings.hypergradient_radius, unroll_steps=settings.unroll_steps, gradient_clipping=settings.lower_clip)
+        radius=settings.hypergradient_radius, options=settings.hypergradient_options, unroll_steps=settings.unroll_steps,
+        gradient_clipping=settings.lower_clip)
     upper_optimizer = adam(mixup.parameters(), settings.upper_lr, 0.0)
     upper_scheduler = get_cosine_schedule_with_warmup(
         upper_optimizer, int(settings.upper_warmup_ratio * upper_steps), upper_steps)

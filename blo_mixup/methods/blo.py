@@ -14,12 +14,16 @@ import torch
 from ..errors import UserError
 from .base import Method, register
 
+# The built-in hypergradients (the --hypergradient help names them; tests check this against the
+# registry). validate accepts every registered name: blo_mixup.hypergradients.hypergradient_names().
 HYPERGRADIENT_CHOICES = ("darts", "darts-plain", "neumann", "cg", "sama")
 
 
 @dataclass
 class BloMixupOptions:
-    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: darts (the official code's preconditioned DARTS), darts-plain (identity), neumann, cg or sama (docs/hypergradients.md)"})  # checked in validate, with a suggestion
+    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: a registered name (built in: darts, darts-plain, neumann, cg, sama; darts is the official code's preconditioned DARTS; your own: docs/hypergradients.md)"})  # checked in validate, with a suggestion
+    hypergradient_options: dict | str | None = field(default=None, metadata={"help": "the hypergradient's options as name=value,name=value (a mapping in config files and fit()), e.g. scale=2.0 for a registered one; the built-ins' are also --hypergradient-iterations/-alpha/-radius"})
+    hypergradient_module: str | None = field(default=None, metadata={"help": "a Python file or module to import first, which registers hypergradients (blo_mixup.register_hypergradient)"})
     hypergradient_iterations: int | None = field(default=None, metadata={"help": "Neumann/CG iterations (default: the method's, see docs/hypergradients.md)"})
     hypergradient_alpha: float | None = field(default=None, metadata={"help": "Neumann/CG step size"})
     hypergradient_radius: float | None = field(default=None, metadata={"help": "darts/darts-plain/sama finite-difference radius (default 0.01)"})
@@ -54,16 +58,16 @@ class BloMixup(Method):
 
     def validate(self) -> None:
         from ..config import check_positive
-        from ..hypergradients import hypergradient_config
+        from ..hypergradients import hypergradient_config, import_hypergradient_module
 
         o = self.options
-        if o.hypergradient not in HYPERGRADIENT_CHOICES:
-            from ..errors import unknown_choice
-
-            raise unknown_choice("hypergradient", o.hypergradient, HYPERGRADIENT_CHOICES)
-        # Builds (and so validates) the lower problem's Betty config: wrong options fail here, early.
+        if o.hypergradient_module:
+            import_hypergradient_module(o.hypergradient_module)
+        # Builds (and so validates) the lower problem's Betty config: an unregistered name (with a
+        # suggestion) and wrong options fail here, early.
         hypergradient_config(o.hypergradient, iterations=o.hypergradient_iterations, alpha=o.hypergradient_alpha,
-                             radius=o.hypergradient_radius, unroll_steps=max(1, o.unroll_steps))
+                             radius=o.hypergradient_radius, options=o.hypergradient_options,
+                             unroll_steps=max(1, o.unroll_steps))
         for name in ("unroll_steps", "mixup_rank", "outer_lr", "folds", "data_weight_lr"):
             check_positive(name, getattr(o, name))
         for name in ("phase1_epochs", "phase2_lr", "inner_clip"):
@@ -106,7 +110,7 @@ class BloMixup(Method):
         settings = BLOSettings(
             hypergradient=o.hypergradient, hypergradient_iterations=o.hypergradient_iterations,
             hypergradient_alpha=o.hypergradient_alpha, hypergradient_radius=o.hypergradient_radius,
-            unroll_steps=o.unroll_steps, epochs=o.phase1_epochs or run.epochs, lower_lr=ctx.lr,
+            hypergradient_options=o.hypergradient_options, unroll_steps=o.unroll_steps, epochs=o.phase1_epochs or run.epochs, lower_lr=ctx.lr,
             lower_weight_decay=run.weight_decay, lower_warmup_ratio=run.warmup_ratio, lower_clip=o.inner_clip,
             upper_lr=o.outer_lr, levels=o.levels, data_weight_lr=o.data_weight_lr,
             skip_nonfinite=run.skip_nonfinite)
