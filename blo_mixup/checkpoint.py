@@ -13,6 +13,7 @@ generator (torch, CUDA, Python, NumPy), the data loaders' positions, the step an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -32,6 +33,7 @@ import torch
 
 from .distributed import barrier, is_main_process, world_size
 from .errors import Stopped, UserError
+from .logs import current
 
 FOLDER = "checkpoints"
 RUN_FILE = "run.json"
@@ -156,7 +158,8 @@ class Stage:
             return
         rng = all_rng_states()
         if is_main_process():
-            save_atomic({"name": self.name, "step": step, "finished": False, "rng": rng, **state}, self.path)
+            save_atomic({"name": self.name, "step": step, "finished": False, "rng": rng, **state,
+                         "log_history": current().history}, self.path)
         barrier()
         self.last_step = step
         self._stop_if_requested(f"at step {step} of '{self.name}'")
@@ -168,7 +171,7 @@ class Stage:
         rng = all_rng_states()
         if is_main_process():
             save_atomic({"name": self.name, "finished": True, "model": model.state_dict(), "method": method.state_dict(),
-                         "rng": rng, "stats": stats}, self.path)
+                         "rng": rng, "stats": stats, "log_history": current().history}, self.path)
         barrier()
         self.last_step = None
         self._stop_if_requested(f"at the end of '{self.name}'")
@@ -228,6 +231,8 @@ class Checkpointer:
             state = torch.load(path, weights_only=False)
             if state["name"] != name:
                 raise UserError(f"{path} belongs to stage '{state['name']}', not '{name}'; start over with --overwrite")
+            if "log_history" in state:  # the loss history up to the save, so results.json matches an unkilled run
+                current().history = copy.deepcopy(state["log_history"])
         stage = Stage(path, name, self.save_steps, state)
         self.stages.append(stage)
         return stage
