@@ -12,28 +12,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from .config import comma_list, seed_list
 from .errors import UserError
-
-
-def _csv(text: str, kind: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise UserError(f"--{kind} is empty; give a comma-separated list")
-    return items
-
-
-def _seeds(text: str) -> list[int]:
-    """'1,2,3' or a range '1-5' (or a mix: '1-3,7')."""
-    seeds = []
-    try:
-        for item in _csv(text, "seeds"):
-            first, _, last = item.partition("-")
-            seeds.extend(range(int(first), int(last) + 1) if last else [int(first)])
-    except ValueError:
-        raise UserError(f"--seeds must be integers or ranges like 1,2,3 or 1-5; got '{text}'") from None
-    if not seeds:
-        raise UserError(f"--seeds '{text}' names no seed; a range goes up, like 1-5")
-    return list(dict.fromkeys(seeds))
 
 
 def add_compare_parser(sub) -> None:
@@ -69,11 +49,11 @@ def cmd_compare(args) -> int:
     from .runs import is_finished, read_results, write_text_atomic
 
     glue = args.tasks is not None  # else your own data (--train-file or --dataset): one "task"
-    tasks = [get_task(t).name for t in _csv(args.tasks, "tasks")] if glue else [None]
-    methods = _csv(args.methods, "methods")
+    tasks = [get_task(t).name for t in comma_list(args.tasks, "tasks")] if glue else [None]
+    methods = comma_list(args.methods, "methods")
     for m in methods:
         get_method(m)
-    seeds = _seeds(args.seeds)
+    seeds = seed_list(args.seeds)
     output_dir = Path(args.output_dir)
     shared = {k: v for k, v in vars(args).items() if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only")}
     file_values = read_config_file(args.config) if args.config else {}

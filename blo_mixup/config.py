@@ -235,3 +235,25 @@ def check_data_options(run, data_given: bool = False) -> None:
 
 def to_dict(obj) -> dict[str, Any]:
     return dataclasses.asdict(obj)
+
+
+def comma_list(text: str, kind: str) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c']; an empty list is a UserError naming --kind."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{kind} is empty; give a comma-separated list")
+    return items
+
+
+def seed_list(text: str) -> list[int]:
+    """'1,2,3' or a range '1-5' (or a mix: '1-3,7')."""
+    seeds = []
+    try:
+        for item in comma_list(text, "seeds"):
+            first, _, last = item.partition("-")
+            seeds.extend(range(int(first), int(last) + 1) if last else [int(first)])
+    except ValueError:
+        raise UserError(f"--seeds must be integers or ranges like 1,2,3 or 1-5; got '{text}'") from None
+    if not seeds:
+        raise UserError(f"--seeds '{text}' names no seed; a range goes up, like 1-5")
+    return list(dict.fromkeys(seeds))

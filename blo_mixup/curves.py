@@ -250,12 +250,12 @@ def add_curves_parser(sub) -> None:
 
 
 def cmd_curves(args) -> int:
-    from .compare import _csv, _seeds
+    from .config import comma_list, seed_list
     from .data import get_task
     from .runs import write_json_atomic
 
-    tasks = [get_task(t).name for t in _csv(args.tasks, "tasks")]
-    heads = _csv(args.heads, "heads")
+    tasks = [get_task(t).name for t in comma_list(args.tasks, "tasks")]
+    heads = comma_list(args.heads, "heads")
     for head in heads:
         if head not in HEADS:
             raise UserError(f"unknown head '{head}' in --heads; choose cls or mean")
@@ -270,7 +270,7 @@ def cmd_curves(args) -> int:
     grid = [CurveRun(task, size, head, lr, warmup, args.epochs, seed, args.heldout_size, args.model)
             for size, head, lr, warmup, seed, task in itertools.product(
                 _numbers(args.train_sizes, "train-sizes", int), heads, _numbers(args.lrs, "lrs", float),
-                _numbers(args.warmup_ratios, "warmup-ratios", float), _seeds(args.seeds), tasks)]
+                _numbers(args.warmup_ratios, "warmup-ratios", float), seed_list(args.seeds), tasks)]
     mine = grid[shard - 1::shards]
     if not args.report_only:
         for i, spec in enumerate(mine, 1):
