@@ -37,7 +37,7 @@ class DataOptions:
 
 @dataclass
 class RunConfig(DataOptions):
-    """Options shared by every method (the low-resource GLUE protocol, methods.md section 7), the data first."""
+    """Options shared by every method (the low-resource GLUE protocol, docs/getting-started.md), the data first."""
 
     model: str = field(default="minilm", metadata={"help": "model name or path; 'minilm' = the packaged all-MiniLM-L6-v2"})
     method: str = field(default="vanilla", metadata={"help": "fine-tuning method (see `blo-mixup methods`)"})

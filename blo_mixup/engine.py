@@ -26,7 +26,7 @@ from .problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
 
 @dataclass
 class BLOSettings:
-    """Phase-1 settings (methods.md section 1 defaults: the paper's)."""
+    """Phase-1 settings (docs/method.md; the paper's defaults)."""
 
     hypergradient: str = "darts"
     hypergradient_iterations: int | None = None

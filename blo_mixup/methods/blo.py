@@ -1,4 +1,4 @@
-"""The core method: attention-guided weight mixup trained by bi-level optimization (methods.md section 1).
+"""The core method: attention-guided weight mixup trained by bi-level optimization (docs/method.md).
 
 Phase 1: W on D1 (lower), A on D2 (upper) through a hypergradient, on Betty. Phase 2: A fixed, W
 fine-tuned on the whole subsample. The saved model is merged: an ordinary transformers model.
@@ -216,7 +216,7 @@ class BloMixupPaper(BloMixup):
     """The core method as the official code runs it: its mixup form (a@c)*W + ((1-a)@(1-c))*W0, factors
     initialised at N(1, 0.005) and clamped, phase 1 on five random D1/D2 re-splits with W and A averaged
     before phase 2, and the preconditioned DARTS hypergradient (the package default). Not reproduced: the
-    official code's defects (methods.md): extra lower steps from Betty 0.2.0's no-op roll-back, W left
+    official code's defects (docs/method.md): extra lower steps from Betty 0.2.0's no-op roll-back, W left
     shifted by the probe radius. About five times blo-mixup's phase-1 cost."""
 
     name = "blo-mixup-paper"

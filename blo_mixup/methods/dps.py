@@ -1,4 +1,4 @@
-"""DPS: Dynamic Parameter Selection (Zhang et al., NeurIPS 2022), dense and mix variants (methods.md section 2).
+"""DPS: Dynamic Parameter Selection (Zhang et al., NeurIPS 2022), dense and mix variants (docs/methods.md).
 
 Training runs in cycles of two stages of u = floor(T * update_ratio) optimizer steps each (T = total
 steps, u >= 1), on the six Linear weights of every encoder layer, each matrix on its own:
@@ -181,7 +181,7 @@ class DpsDense(_DpsBase):
         return model
 
 
-class MixoutWeight(nn.Module):
+class DpsMixoutWeight(nn.Module):
     """A torch parametrization of a Linear weight: W_eff = (M*W + (1-M)*U - p*U) / (1-p).
 
     Stage I (fixed=False): M is a per-input-column Bernoulli(1-p) mask, resampled every step, and U the
@@ -222,7 +222,7 @@ class DpsMix(_DpsBase):
     def prepare_model(self, model, ctx):
         self.setup_cycles(model, ctx)
         for module in self.targets.values():
-            parametrize.register_parametrization(module, "weight", MixoutWeight(module.weight, self.options.dps_p))
+            parametrize.register_parametrization(module, "weight", DpsMixoutWeight(module.weight, self.options.dps_p))
             original = module.parametrizations.weight.original
             self.hooks.append(original.register_post_accumulate_grad_hook(self._grad_hook(module)))
         return model
@@ -240,7 +240,7 @@ class DpsMix(_DpsBase):
             mix.fixed, mix.mask = fixed, torch.ones(shape, dtype=mix.mask.dtype, device=mix.mask.device)
 
     @staticmethod
-    def mixing(module) -> MixoutWeight:
+    def mixing(module) -> DpsMixoutWeight:
         return module.parametrizations.weight[0]
 
     def _grad_hook(self, module):

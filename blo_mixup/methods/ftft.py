@@ -1,6 +1,6 @@
 """FTFT (Du, Gatt, Nguyen, COLING 2025, arXiv 2310.06588): train on the ambiguous third found by a reference model.
 
-A data-level method; the model is untouched (methods.md section 6):
+A data-level method; the model is untouched (docs/methods.md):
 1. a reference model (--ftft-reference-model, default --model) is fine-tuned plainly on the training
    subsample; at every step the probability it gives each example's gold label in the training forward
    pass is recorded under the example's id (`idx`), so models with different tokenizers line up;

@@ -1,6 +1,6 @@
 """Guided dropout (Sharma et al., 2024, arXiv 2406.14005): per-site dropout rates from the Fisher information.
 
-Computed once per model and corpus, before fine-tuning (methods.md section 3):
+Computed once per model and corpus, before fine-tuning (docs/methods.md):
 1. the empirical Fisher of the masked-LM loss, F_i = mean over examples of (dL_mlm/dtheta_i)^2, one
    example per backward pass;
 2. each dropout site of the encoder is scored by the mean Fisher of the parameters that feed it:

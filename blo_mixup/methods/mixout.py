@@ -1,4 +1,4 @@
-"""Mixout (Lee, Cho, Kang, ICLR 2020, arXiv 1909.11299; methods.md section 5).
+"""Mixout (Lee, Cho, Kang, ICLR 2020, arXiv 1909.11299; docs/methods.md).
 
 Dropout sets a dropped unit's weights to zero; mixout sets them to the pretrained weights W0 instead:
 

@@ -1,7 +1,7 @@
 """PAC-tuning (Liu et al., EMNLP 2023, arXiv 2310.17588): PAC-Bayes training with learned noise, then perturbed GD.
 
 Posterior Q = N(theta, diag(sigma^2)) with sigma = exp(xi) per trainable scalar; prior
-P = N(theta0, lambda_l I) with lambda_l = exp(2 b_l) per parameter tensor l (methods.md section 4):
+P = N(theta0, lambda_l I) with lambda_l = exp(2 b_l) per parameter tensor l (docs/methods.md):
 
     KL(Q||P) = 1/2 sum_l sum_i [sigma_i^2/lambda_l + (theta_i - theta0_i)^2/lambda_l - 1 + ln(lambda_l/sigma_i^2)]
 

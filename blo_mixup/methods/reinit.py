@@ -1,4 +1,4 @@
-"""Re-init + LLRD (Zhang et al., "Revisiting Few-sample BERT Fine-tuning", ICLR 2021; methods.md section 5).
+"""Re-init + LLRD (Zhang et al., "Revisiting Few-sample BERT Fine-tuning", ICLR 2021; docs/methods.md).
 
 Before training, the pooler and the top `reinit_layers` transformer layers are re-initialised as at
 pre-training start (Linear/Embedding weights ~ N(0, initializer_range), biases 0, LayerNorm weight 1
