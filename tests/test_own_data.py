@@ -171,17 +171,21 @@ def test_bad_data_gives_one_line_exit_2_and_writes_nothing(case, tiny_bert_dir, 
     assert not (tmp_path / "out").exists()
 
 
+def files_under(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_bad_data_leaves_a_finished_run_alone(topics_csv, tiny_bert_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["finetune", "--train-file", topics_csv, "--text-columns", "headline,body", "--label-column", "topic",
             "--model", tiny_bert_dir, "--output-dir", out, "--no-save-model", *QUICK]
     assert run_main(capsys, *args).returncode == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = files_under(out)
     rows = topic_rows()
     rows[0][2] = ""
     write_csv(topics_csv, ["headline", "body", "topic", "extra"], rows)
     assert_one_line_error(run_main(capsys, *args, "--overwrite"), "row 1", "missing")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert files_under(out) == before  # logs/ included
 
 
 @pytest.mark.parametrize("case, words", [
