@@ -1,7 +1,7 @@
 """`blo_mixup.fit`: one fine-tuning run from Python, with the same options as `blo-mixup finetune`.
 
 The options are resolved by the code that resolves the command's flags and config files
-(cli.resolve_options, from the dataclasses config.RunConfig and each method's options class), the data by
+(options.resolve_options, from the dataclasses config.RunConfig and each method's options class), the data by
 the code that reads `--train-file` (datafiles.task_data_from_tables), and the run is finetune's. Heavy
 imports (torch, transformers, datasets) happen inside `fit`, so `import blo_mixup` stays light.
 docs/python-api.md describes it.
@@ -83,7 +83,7 @@ def fit(model, train, eval=None, *, method: str = "blo-mixup", output_dir: str |
 
     Raises blo_mixup.UserError for every mistake a user can fix, before anything is written.
     """
-    from .cli import check_option_names, resolve_options
+    from .options import check_option_names, resolve_options
     from .config import validate_run_config
     from .datafiles import data_name, in_memory_table, task_data_from_tables
     from .finetune import finetune_with_model
@@ -146,7 +146,7 @@ def fit(model, train, eval=None, *, method: str = "blo-mixup", output_dir: str |
 def _check_model_object(model) -> None:
     from transformers import PreTrainedModel
 
-    from .mixup import is_mixed
+    from .blo.mixup import is_mixed
 
     if not isinstance(model, PreTrainedModel):
         raise UserError(f"model is a {type(model).__name__}; pass 'minilm', a hub name, a model folder or a "

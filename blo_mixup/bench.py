@@ -12,6 +12,8 @@ to max_length, and the head is the data's. Cases:
 - blo-mixup-fast:   one BLO iteration of that preset (its hypergradient, unroll steps and outer lr).
 - <method>:         one step of any other method that trains with the shared loop (its own hooks).
 
+Each method names its own cases (Method.bench_cases, built with a CaseBuilder); bench knows no method names.
+
 Memory, as "resident + step peak": resident = bytes of the distinct parameters, buffers (W0),
 gradients and optimizer states held between steps; step peak = what one step allocates above that, on
 CUDA torch.cuda.max_memory_allocated() minus the allocation before the step, on CPU the highest running
@@ -36,7 +38,6 @@ from typing import Any, Callable
 import torch
 
 from .config import DataOptions
-from .errors import UserError
 
 MIB = 2**20
 
@@ -47,14 +48,14 @@ class BenchOptions(DataOptions):
     that data (its training rows, each padded or cut to --max-length), else synthetic batches for RTE's head."""
 
     model: str = field(default="minilm", metadata={"help": "model name or path ('minilm' = the packaged MiniLM)"})
-    batch_size: int = field(default=16, metadata={"help": "batch size of the batches"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example (every example is this long)"})
+    batch_size: int = field(default=16, metadata={"help": "batch size of the batches", "above": 0})
+    max_length: int = field(default=128, metadata={"help": "tokens per example (every example is this long)", "above": 0})
     methods: str = field(default="vanilla,blo-mixup", metadata={"help": "comma-separated methods to time against vanilla"})
     hypergradients: str = field(default="darts", metadata={"help": "comma-separated hypergradients for blo-mixup"})
     unroll_steps: str = field(default="1,5", metadata={"help": "comma-separated unroll steps for blo-mixup"})
-    steps: int = field(default=5, metadata={"help": "timed steps per case (the median is reported)"})
+    steps: int = field(default=5, metadata={"help": "timed steps per case (the median is reported)", "above": 0})
     warmup: int = field(default=2, metadata={"help": "untimed warm-up steps per case"})
-    train_size: int | None = field(default=None, metadata={"help": "training examples of the whole run whose wall time is estimated; default: the data's training rows, else 300"})
+    train_size: int | None = field(default=None, metadata={"help": "training examples of the whole run whose wall time is estimated; default: the data's training rows, else 300", "above": 0})
     epochs: float = field(default=3.0, metadata={"help": "epochs of that whole run"})
     split_ratio: float = field(default=0.8, metadata={"help": "D1 fraction assumed for blo-mixup's phase 1"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
@@ -215,9 +216,9 @@ def shared_loop_case(name: str, method, options, batches, device, eager: bool = 
 
 def blo_case(hypergradient: str, unroll: int, options, batches_d1, batches_d2, device, *, name: str | None = None,
              outer_lr: float = 2e-3, phase_epochs: tuple | None = None) -> Case:
-    from .engine import BLOSettings, build_engine
-    from .hypergradients import needs_double_backward
-    from .mixup import MixupConfig, attach_weight_mixup
+    from .blo.engine import BLOSettings, build_engine
+    from .blo.hypergradients import needs_double_backward
+    from .blo.mixup import MixupConfig, attach_weight_mixup
 
     model, _ = _load(options, needs_double_backward(hypergradient), device)
     mixup = attach_weight_mixup(model, MixupConfig())
@@ -254,33 +255,51 @@ def build_cases(options: BenchOptions, device, data=None) -> list[Case]:
         vocab = AutoConfig.from_pretrained(path).vocab_size
         batches = to_device(synthetic_batches(vocab, options, 4, seed=0), device)
         d2 = to_device(synthetic_batches(vocab, options, 2, seed=1), device)
-    cases = [shared_loop_case("vanilla", get_method("vanilla")(), options, batches, device)]
-    for name in methods:
-        if name == "vanilla":
-            continue
-        cls = get_method(name)
-        if name == "blo-mixup":
-            cases.append(_mixup_step_case(options, batches, device))
-            for hypergradient in _csv(options.hypergradients):
-                for unroll in (int(u) for u in _csv(options.unroll_steps)):
-                    cases.append(blo_case(hypergradient, unroll, options, batches, d2, device))
-        elif issubclass(cls, get_method("blo-mixup")):  # a preset: its own hypergradient, unroll and phases
-            o = cls.options_class()
-            if not any(c.name == "mixup-step" for c in cases):
-                cases.append(_mixup_step_case(options, batches, device))
-            cases.append(blo_case(o.hypergradient, o.unroll_steps, options, batches, d2, device, name=name,
-                                  outer_lr=o.outer_lr, phase_epochs=(o.phase1_epochs, o.phase2_epochs)))
-        elif cls.fit is not get_method("vanilla").fit:
+    bench = CaseBuilder(options, batches, d2, device)
+    bench.shared_loop("vanilla", get_method("vanilla")())  # the baseline, first
+    for name in methods:  # each method says what of it is timed (Method.bench_cases)
+        if not get_method(name)().bench_cases(bench):
             print(f"{name}: not timed per step (its training is not the shared loop; time whole runs with compare)")
-        else:
-            cases.append(shared_loop_case(name, cls(), options, batches, device))
-    return cases
+    return bench.cases
+
+
+class CaseBuilder:
+    """What a method's bench_cases hook builds its cases with. Each case is built once, in the order asked
+    (a second request by the same name returns the first: vanilla, and the mixup step of several presets)."""
+
+    def __init__(self, options: BenchOptions, batches, batches_d2, device):
+        self.options, self.batches, self.batches_d2, self.device = options, batches, batches_d2, device
+        self.hypergradients = _csv(options.hypergradients)  # --hypergradients and --unroll-steps, for blo-mixup
+        self.unroll_steps = [int(u) for u in _csv(options.unroll_steps)]
+        self.cases: list[Case] = []
+
+    def _once(self, name: str, build: Callable[[], Case]) -> Case:
+        case = next((c for c in self.cases if c.name == name), None)
+        if case is None:
+            case = build()
+            self.cases.append(case)
+        return case
+
+    def shared_loop(self, name: str, method) -> Case:
+        """One step of the shared training loop with `method`'s hooks."""
+        return self._once(name, lambda: shared_loop_case(name, method, self.options, self.batches, self.device))
+
+    def mixup_step(self) -> Case:
+        """A phase-2 step of the core method: the mixed model with A fixed."""
+        return self._once("mixup-step", lambda: _mixup_step_case(self.options, self.batches, self.device))
+
+    def blo(self, hypergradient: str, unroll: int, *, name: str | None = None, outer_lr: float = 2e-3,
+            phase_epochs: tuple | None = None) -> Case:
+        """One BLO iteration (unroll lower steps and one upper step) through the real Betty engine."""
+        name = name or f"blo-{hypergradient}-u{unroll}"
+        return self._once(name, lambda: blo_case(hypergradient, unroll, self.options, self.batches, self.batches_d2,
+                                                 self.device, name=name, outer_lr=outer_lr, phase_epochs=phase_epochs))
 
 
 def _mixup_step_case(options, batches, device) -> Case:
     """A phase-2 step: the mixed model with A fixed, trained like plain fine-tuning."""
     from .methods import get_method
-    from .mixup import MixupConfig, attach_weight_mixup
+    from .blo.mixup import MixupConfig, attach_weight_mixup
 
     vanilla = get_method("vanilla")()
 
@@ -294,23 +313,22 @@ def _mixup_step_case(options, batches, device) -> Case:
 
 
 def run_bench(options: BenchOptions) -> dict[str, Any]:
+    from .config import check_option_values
     from .models import pick_device
     from .training import steps_for
 
     if options.threads:
         torch.set_num_threads(options.threads)
     data = None
+    check_option_values(options)  # the ranges its fields' metadata declares
     if has_data(options):  # read and check the data first
         from .config import check_data_options
-        from .data import load_task_data
+        from .datafiles import load_task_data
 
         check_data_options(options)
         data = load_task_data(options)
     if options.train_size is None:
         options = dataclasses.replace(options, train_size=len(data.train) if data is not None else 300)
-    for name in ("batch_size", "max_length", "steps", "train_size"):
-        if getattr(options, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive; got {getattr(options, name)}")
     device = pick_device(options.device)
     cases = build_cases(options, device, data)
     rows = []
@@ -386,7 +404,7 @@ def cmd_bench(args) -> int:
 
 
 def add_bench_parser(sub) -> None:
-    from .cli import add_dataclass_flags
+    from .options import add_dataclass_flags
 
     parser = sub.add_parser("bench", help="per-step time and peak memory of methods vs plain fine-tuning")
     add_dataclass_flags(parser, BenchOptions)

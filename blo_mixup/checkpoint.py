@@ -34,8 +34,8 @@ import torch
 from .distributed import barrier, is_main_process, world_size
 from .errors import Stopped, UserError
 from .logs import current
+from .runs import CHECKPOINTS, temporary_beside
 
-FOLDER = "checkpoints"
 RUN_FILE = "run.json"
 # Options that may differ between the killed run and its resumption: they do not change the numbers.
 MAY_CHANGE_ON_RESUME = ("resume", "overwrite", "save_steps", "skip_nonfinite", "output_dir", "report_to")
@@ -121,8 +121,6 @@ def restore_rng(saved: list[dict]) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    from .runs import temporary_beside
-
     fd, tmp = temporary_beside(path)
     os.close(fd)
     try:
@@ -202,7 +200,7 @@ class Checkpointer:
         """Checks that a resumed run has the killed run's options, and records them for a later resume."""
         from .config import RunConfig
 
-        folder = Path(output_dir) / FOLDER
+        folder = Path(output_dir) / CHECKPOINTS
         run_file = folder / RUN_FILE
         compared = {k: v for k, v in run_values.items() if k not in MAY_CHANGE_ON_RESUME}
         if resume and run_file.is_file():
@@ -291,7 +289,3 @@ def stage_for(ctx, name: str) -> Stage:
     if checkpointer is None:
         return Stage(Path(os.devnull), name, 0, enabled=False)
     return checkpointer.stage(name)
-
-
-def has_checkpoints(output_dir: Path) -> bool:
-    return any((Path(output_dir) / FOLDER).glob("stage*.pt"))

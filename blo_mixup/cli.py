@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Any
 
 from .errors import Stopped, UserError
+from .options import add_dataclass_flags, check_option_names, flag, resolve_options
 
 EXIT_USAGE = 2
 
@@ -26,33 +26,8 @@ class Parser(argparse.ArgumentParser):
             name = token.split("=")[0].lstrip("-").replace("-", "_")
             if token.startswith("--") and name in HF_NAMES:
                 raise UserError(f"{token.split('=')[0]} is the Hugging Face TrainingArguments name; here it is "
-                                f"{_flag(HF_NAMES[name])} (config files accept '{name}' too)")
+                                f"{flag(HF_NAMES[name])} (config files accept '{name}' too)")
         raise UserError(f"{message}; see `{self.prog} --help`")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_dataclass_flags(group, cls, seen: set[str] | None = None) -> None:
-    """One flag per dataclass field; help and type come from the field. Defaults stay in the dataclass."""
-    seen = set() if seen is None else seen
-    for f in dataclasses.fields(cls):
-        if f.name in seen:
-            continue
-        seen.add(f.name)
-        help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        type_name = str(f.type)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        if type_name.startswith("bool"):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = int if type_name.startswith("int") else float if type_name.startswith("float") else str
-            kwargs["metavar"] = f.name.upper()
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(_flag(f.name), help=f"{help_text} (default: {default})", **kwargs)
 
 
 def build_parser() -> Parser:
@@ -70,7 +45,7 @@ def build_parser() -> Parser:
         fields = dataclasses.fields(cls.options_class)
         if fields and all(f.name in seen for f in fields):  # a preset: another method's flags, other defaults
             base = cls.options_class.__mro__[1]
-            changed = [f"{_flag(f.name)} {f.default}" for f in fields
+            changed = [f"{flag(f.name)} {f.default}" for f in fields
                        if f.default != getattr(base, "__dataclass_fields__", {}).get(f.name, f).default]
             finetune.add_argument_group(f"method {name}", f"the flags above, with these defaults: {', '.join(changed)}")
         elif fields:
@@ -107,39 +82,6 @@ def resolve_finetune(args: argparse.Namespace):
     return resolve_options(values)
 
 
-def check_option_names(names, where: str, hint: str | None = None) -> None:
-    """Reject a name that is no option of any method (RunConfig's fields and every method's options
-    dataclass), with the closest valid name."""
-    from .config import HF_NAMES, RunConfig, check_known_keys, field_names
-    from .methods import METHODS
-
-    names = [HF_NAMES.get(name, name) for name in names]  # TrainingArguments names are accepted
-    all_option_keys = sorted({k for cls in METHODS.values() for k in field_names(cls.options_class)})
-    check_known_keys(names, field_names(RunConfig) + all_option_keys, where, hint)
-
-
-def resolve_options(values: dict[str, Any], python: bool = False):
-    """(RunConfig, Method instance) from option values (names with underscores, as the dataclass fields):
-    the one place where `finetune`'s flags and config file, and blo_mixup.fit's keyword arguments, become a
-    run. An option of another method than the chosen one is refused, naming its method. python: name
-    options as Python keywords (lr=...) in messages instead of flags (--lr)."""
-    from .config import RunConfig, build_dataclass, field_names, translate_hf_names, with_train_size
-    from .methods import METHODS, get_method
-
-    values = translate_hf_names(values, "the options")
-    method_name = values.get("method", RunConfig.method)
-    method_cls = get_method(method_name)
-    run_keys, method_keys = field_names(RunConfig), field_names(method_cls.options_class)
-    for key in values:
-        if key not in run_keys and key not in method_keys:
-            owners = [n for n, cls in METHODS.items() if key in field_names(cls.options_class)]
-            option, switch = (f"'{key}'", f"method='{owners[0]}'") if python else (_flag(key), f"--method {owners[0]}")
-            raise UserError(f"option {option} belongs to method {', '.join(owners)}, not '{method_name}'; drop it or pass {switch}")
-    run = with_train_size(build_dataclass(RunConfig, {k: v for k, v in values.items() if k in run_keys}, "the run options"))
-    options = build_dataclass(method_cls.options_class, {k: v for k, v in values.items() if k in method_keys}, f"the {method_name} options")
-    return run, method_cls(options, run)
-
-
 def cmd_finetune(args) -> int:
     from .finetune import run_finetune
 
@@ -167,7 +109,7 @@ def cmd_methods(args) -> int:
     for name, cls in sorted(METHODS.items()):
         print(f"{name}: {cls.summary}")
         for f in dataclasses.fields(cls.options_class):
-            print(f"    {_flag(f.name)} (default {f.default}): {f.metadata.get('help', '')}")
+            print(f"    {flag(f.name)} (default {f.default}): {f.metadata.get('help', '')}")
     return 0
 
 

@@ -7,7 +7,6 @@ never redone; a run folder without it (a killed run) is started again from scrat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from .errors import UserError
 
 
 def add_compare_parser(sub) -> None:
-    from .cli import add_dataclass_flags
+    from .options import add_dataclass_flags
     from .config import RunConfig
     from .methods import METHODS
 
@@ -39,9 +38,10 @@ def add_compare_parser(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from .cli import resolve_finetune
+    from .options import resolve_options
     from .config import RunConfig, check_data_options, field_names, read_config_file
-    from .data import get_task, load_task_data
+    from .data import get_task
+    from .datafiles import load_task_data
     from .finetune import run_finetune
     from .metrics import constant_prediction_score
     from .methods import get_method
@@ -64,7 +64,7 @@ def cmd_compare(args) -> int:
         values = {k: v for k, v in {**file_values, **shared}.items() if k in own_keys[method]}
         # A run killed earlier continues from its checkpoints (and a fresh one starts from scratch).
         values.update(method=method, seed=seed, output_dir=str(run_dir), resume=True, **({"task": task} if glue else {}))
-        return resolve_finetune(argparse.Namespace(command="finetune", config=None, **values))
+        return resolve_options(values)
 
     if not glue and not any({**file_values, **shared}.get(k) for k in ("train_file", "dataset")):
         raise UserError("no data given; pass --tasks (GLUE tasks, e.g. rte,mrpc) or your own data with --train-file "

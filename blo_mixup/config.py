@@ -32,7 +32,7 @@ class DataOptions:
     label_column: str = field(default="label", metadata={"help": "your data's column of labels (or scores, for regression)"})
     problem_type: str | None = field(default=None, metadata={"help": "default: regression when the labels hold a non-integer number, else classification", "choices": ("classification", "regression")})
     metric: str | None = field(default=None, metadata={"help": "main metric of your data: accuracy (default), macro_f1, f1 (two labels), matthews_correlation; regression: spearmanr (default), pearson"})
-    validation_ratio: float = field(default=0.2, metadata={"help": "fraction of the training rows held out as the evaluation set when there is no --validation-file"})
+    validation_ratio: float = field(default=0.2, metadata={"help": "fraction of the training rows held out as the evaluation set when there is no --validation-file", "above": 0, "below": 1})
 
 
 @dataclass
@@ -41,21 +41,21 @@ class RunConfig(DataOptions):
 
     model: str = field(default="minilm", metadata={"help": "model name or path; 'minilm' = the packaged all-MiniLM-L6-v2"})
     method: str = field(default="vanilla", metadata={"help": "fine-tuning method (see `blo-mixup methods`)"})
-    train_size: int | None = field(default=None, metadata={"help": "training examples drawn per seed (stratified); 0 = all; default: 300 with --task (the low-resource protocol), every row with your own data"})
+    train_size: int | None = field(default=None, metadata={"help": "training examples drawn per seed (stratified); 0 = all; default: 300 with --task (the low-resource protocol), every row with your own data", "min": 0})
     seed: int = field(default=1, metadata={"help": "seed of the subsample, the head's initialisation and the data order"})
-    epochs: float = field(default=3.0, metadata={"help": "training epochs"})
-    batch_size: int = field(default=16, metadata={"help": "batch size"})
-    max_length: int = field(default=128, metadata={"help": "maximum tokens per example"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate; default by model size: 1e-4 under 100M parameters, 2e-5 above"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases or LayerNorms)"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 = off"})
-    eval_batch_size: int = field(default=64, metadata={"help": "batch size on the dev set"})
+    epochs: float = field(default=3.0, metadata={"help": "training epochs", "above": 0})
+    batch_size: int = field(default=16, metadata={"help": "batch size", "above": 0})
+    max_length: int = field(default=128, metadata={"help": "maximum tokens per example", "above": 0})
+    lr: float | None = field(default=None, metadata={"help": "learning rate; default by model size: 1e-4 under 100M parameters, 2e-5 above", "above": 0})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases or LayerNorms)", "min": 0})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warmup", "min": 0, "below": 1})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 = off", "min": 0})
+    eval_batch_size: int = field(default=64, metadata={"help": "batch size on the dev set", "above": 0})
     output_dir: str | None = field(default=None, metadata={"help": "run folder (results.json, predictions.csv, model/); default runs/<task or data file>-<method>-s<seed>"})
     overwrite: bool = field(default=False, metadata={"help": "replace an earlier run in --output-dir"})
     resume: bool = field(default=False, metadata={"help": "continue the killed run in --output-dir from its last checkpoint (same options)"})
-    save_steps: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (blo-mixup phase 1: lower steps) and at the end of each stage; 0 = never"})
-    skip_nonfinite: int = field(default=0, metadata={"help": "skip up to this many steps whose loss or gradient is NaN/Inf, then stop; 0 = stop at the first"})
+    save_steps: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (blo-mixup phase 1: lower steps) and at the end of each stage; 0 = never", "min": 0})
+    skip_nonfinite: int = field(default=0, metadata={"help": "skip up to this many steps whose loss or gradient is NaN/Inf, then stop; 0 = stop at the first", "min": 0})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard: write both levels' losses, learning rates, the hypergradient norm, the mean attention per layer and the evaluation metrics to <output-dir>/logs; none: only the loss history in results.json", "choices": ("tensorboard", "none")})
     save_model: bool = field(default=True, metadata={"help": "save the fine-tuned model (save_pretrained) in <output-dir>/model"})
     device: str | None = field(default=None, metadata={"help": "torch device; default CUDA when present, else CPU"})
@@ -139,19 +139,66 @@ def check_known_keys(keys, known: list[str], where: str, hint: str | None = None
 
 
 def build_dataclass(cls, values: dict[str, Any], where: str):
-    """Instantiate an options dataclass from a dict, coercing simple types and naming bad values."""
+    """Instantiate an options dataclass from a dict, coercing simple types and naming bad values: the one
+    place where flags, config files and fit()'s keywords become options, so their ranges are checked here."""
     kwargs = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in values.items():
         kwargs[name] = _coerce(name, value, str(fields[name].type), where)
-        choices = fields[name].metadata.get("choices")
-        if choices and kwargs[name] is not None and kwargs[name] not in choices:  # argparse checks the flags
-            raise UserError(f"option '{name}' in {where} must be one of: {', '.join(choices)}; got {value!r}"
-                            f"{did_you_mean(value, choices)}")
     try:
-        return cls(**kwargs)
+        options = cls(**kwargs)
     except TypeError as e:
         raise UserError(f"bad options in {where}: {e}") from e
+    check_option_values(options)
+    return options
+
+
+# The allowed values of an option, declared in its field's metadata next to its help:
+#   "min" / "max": inclusive bounds; "above" / "below": exclusive bounds; "choices": the allowed values.
+# check_option_values enforces them; None (an optional left unset) always passes.
+RANGE_KEYS = ("min", "above", "max", "below")
+
+
+def check_option_values(options) -> None:
+    """Raise a UserError naming the flag of the first field of the dataclass `options` whose value is outside
+    the range or choices its metadata declares, e.g. '--split-ratio must be strictly between 0 and 1; got 1.5'."""
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if value is None:
+            continue
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise UserError(f"{flag(f.name)} must be one of: {', '.join(map(str, choices))}; got {value!r}"
+                            f"{did_you_mean(value, choices) if isinstance(value, str) else ''}")
+        if any(key in f.metadata for key in RANGE_KEYS) and not in_range(value, f.metadata):
+            raise UserError(f"{flag(f.name)} must be {range_words(f.metadata)}; got {value}")
+
+
+def in_range(value, metadata) -> bool:
+    if value != value:  # NaN is in no range
+        return False
+    return not (value < metadata.get("min", value) or value > metadata.get("max", value)
+                or ("above" in metadata and value <= metadata["above"])
+                or ("below" in metadata and value >= metadata["below"]))
+
+
+def range_words(metadata) -> str:
+    """The range of a field's metadata in words: 'positive', 'zero or more', 'strictly between 0 and 1', 'in [0, 1)'."""
+    low, low_open = (metadata["above"], True) if "above" in metadata else (metadata.get("min"), False)
+    high, high_open = (metadata["below"], True) if "below" in metadata else (metadata.get("max"), False)
+    if high is None:
+        if low == 0:
+            return "positive" if low_open else "zero or more"
+        return f"greater than {low}" if low_open else f"at least {low}"
+    if low is None:
+        return f"less than {high}" if high_open else f"at most {high}"
+    if low_open and high_open:
+        return f"strictly between {low} and {high}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _coerce(name: str, value, type_name: str, where: str):
@@ -190,23 +237,12 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
 
 
 def validate_run_config(run: RunConfig, data_given: bool = False) -> None:
-    """Range checks on the shared options; task/method names are checked where they are looked up.
+    """Checks on the shared options; task/method names are checked where they are looked up.
     data_given: the data comes with the call (blo_mixup.fit), not from --task, --train-file or --dataset."""
+    check_option_values(run)  # again, for a RunConfig built in Python
     check_data_options(run, data_given)
-    check_positive("lr", run.lr)
-    check_positive("epochs", run.epochs)
-    check_positive("batch_size", run.batch_size)
-    check_positive("eval_batch_size", run.eval_batch_size)
-    check_positive("max_length", run.max_length)
-    check_positive("train_size", run.train_size, allow_zero=True)
-    check_positive("weight_decay", run.weight_decay, allow_zero=True)
-    check_positive("max_grad_norm", run.max_grad_norm, allow_zero=True)
-    check_positive("save_steps", run.save_steps, allow_zero=True)
-    check_positive("skip_nonfinite", run.skip_nonfinite, allow_zero=True)
     if run.resume and run.overwrite:
         raise UserError("--resume continues the run in --output-dir and --overwrite starts it over; give one of them")
-    if not 0 <= run.warmup_ratio < 1:
-        raise UserError(f"--warmup-ratio must be in [0, 1); got {run.warmup_ratio}")
 
 
 def check_data_options(run, data_given: bool = False) -> None:
@@ -229,8 +265,6 @@ def check_data_options(run, data_given: bool = False) -> None:
         raise UserError("--data-dir is the GLUE folder of --task; drop it (your own data is named by --train-file)")
     if run.dataset_config is not None and run.dataset is None:
         raise UserError("--dataset-config needs --dataset; drop it or name the hub dataset")
-    if not 0 < run.validation_ratio < 1:
-        raise UserError(f"--validation-ratio must be between 0 and 1; got {run.validation_ratio}")
 
 
 def to_dict(obj) -> dict[str, Any]:

@@ -3,7 +3,7 @@ datafiles.py), low-resource subsamples, D1/D2 splits, tokenization and batching.
 
 Every task is a TaskSpec (text columns, label names or regression, metrics) and every loader gives
 the same dataset shape, so the rest of the pipeline does not know where the data came from:
-`load_task_data(run)` is the one entry point.
+`datafiles.load_task_data(run)` is the one entry point.
 
 Every loader returns the hub's (nyu-mll/glue) shape whatever the source: a training set and an
 evaluation set (for GLUE the dev set, which the low-resource protocol uses as its test set), each with
@@ -151,17 +151,6 @@ class TaskData:
     evaluation_set: str  # where the evaluation set came from, in words (results.json)
     test: datasets.Dataset | None = None  # scored and predicted after training (its labels may be missing)
     label_column: str = "label"  # the gold column's name in the source (for the predictions file)
-
-
-def load_task_data(run) -> TaskData:
-    """The data of a run (config.RunConfig): a GLUE task (--task), or your own (--train-file, --dataset)."""
-    if run.task is not None:
-        task = get_task(run.task)
-        glue = load_glue(task, run.data_dir)
-        return TaskData(task, glue["train"], glue["validation"], f"the GLUE dev set ({task.dev_split})")
-    from .datafiles import load_own_data
-
-    return load_own_data(run)
 
 
 # ----------------------------------------------------------------------------------------- loading

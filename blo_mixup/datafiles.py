@@ -1,6 +1,7 @@
-"""Your own data as a task: CSV, TSV, JSON, JSONL and Parquet files, or a Hugging Face hub dataset.
+"""The data of a run, and your own data as a task: CSV, TSV, JSON, JSONL and Parquet files, or a
+Hugging Face hub dataset.
 
-`load_own_data(run)` reads --train-file (and --validation-file, --test-file) or --dataset through
+`load_task_data(run)` is the one entry point: a GLUE task (data.py) or your own data. `load_own_data(run)` reads --train-file (and --validation-file, --test-file) or --dataset through
 `datasets`, checks every row and returns data.TaskData in the shape of a GLUE task: the text columns,
 "label" (a ClassLabel over the labels found in the training data, or a float32 score) and "idx" (the
 row's position in its file). docs/data.md describes the options and every error. Data given in Python
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import datasets
 
-from .data import TaskData, TaskSpec, heldout_sample, is_glue_name, register_own_data
+from .data import TaskData, TaskSpec, get_task, heldout_sample, is_glue_name, load_glue, register_own_data
 from .errors import UserError
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -259,6 +260,15 @@ def _metrics(run, regression: bool, labels) -> tuple[str, tuple[str, ...]]:
         problem = "regression" if regression else f"classification with {len(labels)} labels"
         raise UserError(f"--metric {run.metric} is not a metric of {problem}; choose one of: {', '.join(metrics)}")
     return run.metric or main, metrics
+
+
+def load_task_data(run) -> TaskData:
+    """The data of a run (config.RunConfig): a GLUE task (--task), or your own (--train-file, --dataset)."""
+    if run.task is not None:
+        task = get_task(run.task)
+        glue = load_glue(task, run.data_dir)
+        return TaskData(task, glue["train"], glue["validation"], f"the GLUE dev set ({task.dev_split})")
+    return load_own_data(run)
 
 
 def load_own_data(run) -> TaskData:

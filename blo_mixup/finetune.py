@@ -35,7 +35,8 @@ def build_context(run: RunConfig, method, output_dir: Path, data=None):
     """Load data (unless given: a data.TaskData) and model for `run`; returns (model, context)."""
     from transformers import set_seed
 
-    from .data import load_task_data, subsample
+    from .data import subsample
+    from .datafiles import load_task_data
     from .models import count_parameters, load_model_and_tokenizer
 
     run = with_train_size(run)
@@ -65,7 +66,7 @@ def finetune_with_model(run: RunConfig, method, data=None):
     None on another process than rank 0 of --strategy distributed."""
     from transformers import set_seed
 
-    from .data import load_task_data
+    from .datafiles import load_task_data
 
     run = with_train_size(run)
     validate_run_config(run, data_given=data is not None)

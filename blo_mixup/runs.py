@@ -14,6 +14,7 @@ from .errors import UserError
 RESULTS = "results.json"
 MODEL_DIR = "model"
 LOGS = "logs"  # TensorBoard event files (--report-to tensorboard)
+CHECKPOINTS = "checkpoints"  # a killed run's saved stages (checkpoint.py)
 
 
 def is_finished(output_dir: str | Path) -> bool:
@@ -24,8 +25,6 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool, resume: bool = F
     """Create the run folder. A finished run in it is only replaced with --overwrite; the checkpoints
     of a killed run are only continued with --resume or discarded with --overwrite.
     """
-    from .checkpoint import has_checkpoints
-
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output-dir {output_dir} is a file; choose a folder path")
@@ -36,6 +35,10 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool, resume: bool = F
                         "or --overwrite to start over")
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
+
+
+def has_checkpoints(output_dir: str | Path) -> bool:
+    return any((Path(output_dir) / CHECKPOINTS).glob("stage*.pt"))
 
 
 def temporary_beside(path: Path) -> tuple[int, str]:

@@ -34,7 +34,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from blo_mixup.mixup import MixupConfig, attach_weight_mixup
+from blo_mixup.blo.mixup import MixupConfig, attach_weight_mixup
 
 
 def load_model(path):

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 import blo_mixup
-from blo_mixup.hypergradients import options_of
+from blo_mixup.blo.hypergradients import options_of
 
 
 # --- the user code ---------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ import torch
 from betty.hypergradient import jvp_fn_mapping
 from betty.hypergradient.utils import precondition_adam
 
-from blo_mixup import hypergradients as hg
+from blo_mixup.blo import hypergradients as hg
 from blo_mixup.data import collator, get_task, load_glue, split_two, subsample, tokenize
-from blo_mixup.engine import BLOSettings, build_engine
-from blo_mixup.mixup import MixupConfig, attach_weight_mixup
+from blo_mixup.blo.engine import BLOSettings, build_engine
+from blo_mixup.blo.mixup import MixupConfig, attach_weight_mixup
 from blo_mixup.models import load_model_and_tokenizer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"  # ../shared/data/glue

@@ -6,7 +6,7 @@
     top     "data"       DataWeighting   the example weights, trained so that the mixed model does
                                          well on D2 (their gradient comes through W and A)
 
-This is what `blo-mixup finetune --method blo-mixup --levels 3` builds (blo_mixup.engine), written
+This is what `blo-mixup finetune --method blo-mixup --levels 3` builds (blo_mixup.blo.engine), written
 out so that you can see, and change, every piece: the node's module, its problem, and the two
 dependency edges that make its hypergradient right (see docs/three-levels.md).
 
@@ -31,9 +31,9 @@ from betty.engine import Engine
 from betty.logging.logger_base import get_logger
 
 from blo_mixup.data import collator, get_task, load_glue, split_two, subsample, tokenize
-from blo_mixup.hypergradients import hypergradient_config
-from blo_mixup.mixup import MixupConfig, attach_weight_mixup
-from blo_mixup.problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
+from blo_mixup.blo.hypergradients import hypergradient_config
+from blo_mixup.blo.mixup import MixupConfig, attach_weight_mixup
+from blo_mixup.blo.problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"  # ../shared/data/glue
 
@@ -115,11 +115,11 @@ def main(argv=None):
     mixup = attach_weight_mixup(model, MixupConfig(granularity="rank", rank=1))
 
     # ---- the three nodes
-    # bottom: W on D1. example_weights="data" names the node whose module weights its per-example
+    # bottom: W on D1. shaped_by=("data",) names the node whose shape_lower_loss weights its per-example
     # losses (Betty sets every problem as an attribute of the others, by name). Its Config carries
     # the hypergradient of every hop that leaves it (to A and to the example weights).
     weights = TaskWeights("weights", hypergradient_config("darts"), model, adam(model.parameters(), args.lr),
-                          None, loader(d1), weight_decay=0.0, lr=args.lr, example_weights="data")
+                          None, loader(d1), weight_decay=0.0, lr=args.lr, shaped_by=("data",))
     # middle: A on D2. It is a lower problem of the top node too, so its Config holds the
     # hypergradient used through it: darts-plain, as build_engine (Neumann and CG refuse a problem
     # with lower problems); retain_graph and first_order as any upper problem whose loss uses its
@@ -138,7 +138,7 @@ def main(argv=None):
     # the bottom's loss). l2u: where gradients flow back up. bottom -> top gives the top the path
     # [data, weights, data] (lambda moves W, W moves the D2 loss); bottom -> middle -> top gives it
     # [data, attention, weights, data] (W also moves A's update). Both are the chain rule's terms.
-    # (blo_mixup.engine.three_level_dependencies returns exactly these two dicts.)
+    # (blo_mixup.blo.engine.three_level_dependencies returns exactly these two dicts.)
     dependencies = {
         "u2l": {attention: [weights], data: [weights]},
         "l2u": {weights: [attention, data], attention: [data]},

@@ -10,7 +10,7 @@ import torch
 from blo_mixup.config import RunConfig
 from blo_mixup.finetune import build_context, run_finetune
 from blo_mixup.methods import get_method
-from blo_mixup.mixup import is_mixed
+from blo_mixup.blo.mixup import is_mixed
 
 
 def make_run(glue_dir, model_dir, out, **overrides):
@@ -37,7 +37,7 @@ def test_phase1_and_phase2_per_hypergradient(hypergradient, glue_dir, tiny_bert_
     w0_before = {name: b.detach().clone() for name, b in model.named_buffers() if name.endswith("w0")}
     a_before = copy.deepcopy(mixup.state_dict())
 
-    import blo_mixup.engine as engine
+    import blo_mixup.blo.engine as engine
 
     after_phase1 = {}
     real_phase1 = engine.run_phase1
@@ -94,7 +94,7 @@ def test_cli_run_writes_attention_outputs_and_plain_model(glue_dir, tiny_bert_di
 
 
 def test_fold_averaging_runs_each_fold(glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
-    import blo_mixup.engine as engine
+    import blo_mixup.blo.engine as engine
 
     calls = []
     real = engine.run_phase1

@@ -17,7 +17,7 @@ def test_planned_updates_follow_the_options():
     assert get_method("blo-mixup")(run=run).planned_weight_updates(300, run) == 45 + 57
     fast = get_method("blo-mixup-fast")(run=run)  # phase 2 for 1 epoch
     assert fast.planned_weight_updates(300, run) == 45 + 19
-    from blo_mixup.methods.blo import BloMixupOptions
+    from blo_mixup.blo.method import BloMixupOptions
 
     no_phase2 = get_method("blo-mixup")(BloMixupOptions(phase2_epochs=0, phase1_epochs=2), run)
     assert no_phase2.planned_weight_updates(300, run) == 30

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from blo_mixup.config import RunConfig, check_data_options
-from blo_mixup.data import get_task, load_glue, load_task_data, subsample
+from blo_mixup.data import get_task, load_glue, subsample
+from blo_mixup.datafiles import load_task_data
 from blo_mixup.errors import UserError
 from blo_mixup.metrics import compute_metrics, constant_prediction_score
 

@@ -13,7 +13,8 @@ import torch
 import blo_mixup
 from blo_mixup import UserError
 from blo_mixup.config import RunConfig
-from blo_mixup.data import get_task, load_task_data
+from blo_mixup.data import get_task
+from blo_mixup.datafiles import load_task_data
 from blo_mixup.datafiles import in_memory_table, task_data_from_tables
 from blo_mixup.metrics import compute_metrics
 from test_cli import run_main
@@ -77,7 +78,7 @@ def test_dataframe_with_four_string_labels(method, tiny_bert_dir, tmp_path, one_
         assert result.attention == result.results["blo"]["attention"]
         from transformers import AutoModelForSequenceClassification
 
-        from blo_mixup.mixup import target_module_names
+        from blo_mixup.blo.mixup import target_module_names
 
         assert list(result.attention) == target_module_names(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir))
         for stats in result.attention.values():
@@ -150,7 +151,7 @@ def test_an_option_of_another_method_is_refused_as_on_the_command_line(tiny_bert
     (dict(lr=-1), "--lr must be positive"),
     (dict(epochs="three"), "option 'epochs' in the run options must be of type float"),
     (dict(hypergradient="darts2"), "unknown hypergradient 'darts2'"),
-    (dict(problem_type="ordinal"), "problem_type"),
+    (dict(problem_type="ordinal"), "--problem-type must be one of: classification, regression"),
 ])
 def test_bad_options(tiny_bert_dir, options, words):
     with pytest.raises(UserError) as error:

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from blo_mixup.cli import main, resolve_options
+from blo_mixup.cli import main
+from blo_mixup.options import resolve_options
 from blo_mixup.config import read_config_file
 from blo_mixup.errors import UserError
 
@@ -35,7 +36,7 @@ def test_training_arguments_flags_are_answered_with_ours(flag, ours, capsys):
 
 
 def test_fit_keywords_accept_training_arguments_names():
-    from blo_mixup.cli import check_option_names
+    from blo_mixup.options import check_option_names
 
     check_option_names(["learning_rate", "num_train_epochs"], "fit()")  # no error
     run, _ = resolve_options({"task": "rte", "learning_rate": 2e-4, "num_train_epochs": 4}, python=True)

@@ -1,4 +1,4 @@
-"""Exactness tests for blo_mixup.hypergradients on a quadratic bi-level problem (float64).
+"""Exactness tests for blo_mixup.blo.hypergradients on a quadratic bi-level problem (float64).
 
 Ridge regression with learned per-feature penalties:
     lower  w*(lam) = argmin_w  |X1 w - y1|^2 / n1 + sum_j exp(lam_j) w_j^2
@@ -23,7 +23,7 @@ from betty.engine import Engine
 from betty.hypergradient import get_grads, jvp_fn_mapping
 from betty.problems import ImplicitProblem
 
-from blo_mixup import hypergradients as hg
+from blo_mixup.blo import hypergradients as hg
 from blo_mixup.errors import UserError
 
 DTYPE = torch.float64
@@ -303,7 +303,7 @@ def adam_lower(data, optimizer_cls=torch.optim.Adam, steps=3, name="sama", lower
 
 def betty_020_scale(optimizer, param):
     """Betty 0.2.0's hypergradient.utils.precondition for Adam, as it reads: vector / denom, one denom
-    per parameter tensor (written out here independently of blo_mixup.hypergradients)."""
+    per parameter tensor (written out here independently of blo_mixup.blo.hypergradients)."""
     state, group = optimizer.state[param], optimizer.param_groups[0]
     beta2 = group["betas"][1]
     denom = torch.add(torch.sqrt(torch.mean(beta2 * state["exp_avg_sq"])), group["eps"]) / math.sqrt(

@@ -316,7 +316,7 @@ def test_reinit_needs_a_layer_stack():
     ("r-drop", RDropOptions(rdrop_alpha=-1.0), "--rdrop-alpha"),
     ("r3f", R3FOptions(r3f_lambda=-1.0), "--r3f-lambda"),
     ("r3f", R3FOptions(r3f_eps=-1.0), "--r3f-eps"),
-    ("r3f", R3FOptions(r3f_noise="gaussian"), "r3f noise"),
+    ("r3f", R3FOptions(r3f_noise="gaussian"), "--r3f-noise"),
     ("reinit-llrd", ReinitOptions(reinit_layers=-1), "--reinit-layers"),
     ("reinit-llrd", ReinitOptions(llrd_decay=0.0), "--llrd-decay"),
 ])

@@ -1,4 +1,4 @@
-"""Tests of the weight-mixup transform (blo_mixup/mixup.py) on tiny models built from configs."""
+"""Tests of the weight-mixup transform (blo_mixup/blo/mixup.py) on tiny models built from configs."""
 
 import json
 import os
@@ -32,7 +32,7 @@ from transformers import (  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 from blo_mixup.errors import UserError  # noqa: E402
-from blo_mixup.mixup import (  # noqa: E402
+from blo_mixup.blo.mixup import (  # noqa: E402
     MixupConfig,
     WeightMixup,
     attach_weight_mixup,

@@ -144,7 +144,7 @@ def test_bench_batches_are_the_datas_rows(topics_csv, tiny_bert_dir):
     from transformers import AutoTokenizer
 
     from blo_mixup.bench import BenchOptions, data_batches
-    from blo_mixup.data import load_task_data
+    from blo_mixup.datafiles import load_task_data
 
     options = BenchOptions(train_file=str(topics_csv), text_columns="headline,body", label_column="topic",
                            batch_size=4, max_length=16)

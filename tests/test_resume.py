@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import blo_mixup.engine as engine_module
+import blo_mixup.blo.engine as engine_module
 import blo_mixup.training as training_module
 from blo_mixup.cli import main
 from test_cli import assert_one_line_error, finetune_args, run_main

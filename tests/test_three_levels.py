@@ -5,7 +5,7 @@
     top     "data"       DataWeighting   lambda = softplus(raw), one per D1 example; loss: the mixed model on D2
 
 What is checked:
-- the graph blo_mixup.engine builds gives the top node two Betty paths, [data, weights, data] and
+- the graph blo_mixup.blo.engine builds gives the top node two Betty paths, [data, weights, data] and
   [data, attention, weights, data], and the top's hypergradient matches a finite-difference truth
   on a tiny float64 model (test_top_hypergradient_matches_the_unrolled_finite_differences: the
   docstring says exactly what is compared);
@@ -25,9 +25,9 @@ from betty.hypergradient import get_grads
 from betty.problems import ImplicitProblem
 
 from blo_mixup.config import RunConfig
-from blo_mixup.engine import BLOSettings, build_engine
-from blo_mixup.mixup import MixupConfig, attach_weight_mixup
-from blo_mixup.problems import ExampleWeights
+from blo_mixup.blo.engine import BLOSettings, build_engine
+from blo_mixup.blo.mixup import MixupConfig, attach_weight_mixup
+from blo_mixup.blo.problems import ExampleWeights
 
 DIRECT = ("data", "weights", "data")
 THROUGH_ATTENTION = ("data", "attention", "weights", "data")
@@ -196,7 +196,7 @@ def test_top_hypergradient_matches_the_unrolled_finite_differences():
     """What is compared, on a tiny float64 model (6 D1 examples, so 6 example weights):
 
     estimate: the top node's gradient with respect to raw lambda, computed as its Engine step does
-        (DataWeighting.backward over the paths that blo_mixup.engine's graph gives it, with the
+        (DataWeighting.backward over the paths that blo_mixup.blo.engine's graph gives it, with the
         project's registered darts-plain, radius 0.01) at the current point (W, A, lambda).
     truth: route 1 / alpha + route 2 / (alpha beta) of `unrolled_routes` (alpha = beta = 1e-3, h =
         1e-3): the change of the top loss after re-running one lower and one middle SGD step for
@@ -275,7 +275,7 @@ def test_phase1_and_phase2_move_all_three_levels(glue_dir, tiny_bert_dir, tmp_pa
     from blo_mixup.finetune import build_context
     from blo_mixup.methods import get_method
     from blo_mixup.runs import write_json_atomic
-    import blo_mixup.engine as engine_module
+    import blo_mixup.blo.engine as engine_module
 
     run = RunConfig(task="rte", data_dir=str(glue_dir), model=str(tiny_bert_dir), train_size=10, epochs=1,
                     batch_size=4, max_length=32, output_dir=str(tmp_path / "run"), lr=1e-3)

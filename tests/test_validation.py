@@ -114,7 +114,7 @@ def test_split_minimum_is_the_smallest_size_that_fills_both_halves(ratio):
 
 
 def test_mixup_rank_above_the_smallest_matrix(glue_dir, tiny_bert_dir, tmp_path, capsys, monkeypatch):
-    from blo_mixup.methods.blo import BloMixup
+    from blo_mixup.blo.method import BloMixup
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("the rank is checked before training")
@@ -128,7 +128,7 @@ def test_mixup_rank_above_the_smallest_matrix(glue_dir, tiny_bert_dir, tmp_path,
 
 
 def test_rank_error_names_the_smallest_matrix_and_leaves_the_model_alone():
-    from blo_mixup.mixup import MixupConfig, attach_weight_mixup, is_mixed
+    from blo_mixup.blo.mixup import MixupConfig, attach_weight_mixup, is_mixed
 
     model = nn.Module()
     model.encoder = nn.ModuleDict({"wide": nn.Linear(64, 64), "narrow": nn.Linear(64, 8)})
@@ -156,7 +156,7 @@ def sdpa_bert_dir(tiny_bert_dir, tmp_path):
 @pytest.mark.parametrize("hypergradient", ["neumann", "cg"])
 def test_second_order_hypergradient_without_double_backward(hypergradient, glue_dir, sdpa_bert_dir, tmp_path,
                                                             capsys, monkeypatch):
-    from blo_mixup.methods.blo import BloMixup
+    from blo_mixup.blo.method import BloMixup
 
     # blo-mixup loads eager attention for neumann and cg; load the fused kernel instead
     monkeypatch.setattr(BloMixup, "model_kwargs", lambda self: {"eager_attention": False})
@@ -167,7 +167,7 @@ def test_second_order_hypergradient_without_double_backward(hypergradient, glue_
 
 
 def test_other_runtime_errors_are_not_turned_into_user_errors():
-    from blo_mixup.hypergradients import _double_backward
+    from blo_mixup.blo.hypergradients import _double_backward
 
     with pytest.raises(RuntimeError, match="out of memory"):
         with _double_backward("neumann"):
@@ -195,10 +195,10 @@ def test_three_levels_with_a_second_order_middle(middle):
     from betty.configs import EngineConfig
     from betty.engine import Engine
 
-    from blo_mixup.engine import adam, quiet_betty, three_level_dependencies, upper_config
-    from blo_mixup.hypergradients import hypergradient_config
-    from blo_mixup.mixup import MixupConfig, attach_weight_mixup
-    from blo_mixup.problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
+    from blo_mixup.blo.engine import adam, quiet_betty, three_level_dependencies, upper_config
+    from blo_mixup.blo.hypergradients import hypergradient_config
+    from blo_mixup.blo.mixup import MixupConfig, attach_weight_mixup
+    from blo_mixup.blo.problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
 
     quiet_betty()
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def test_three_levels_with_a_second_order_middle(middle):
     d1 = {"inputs": torch.randn(6, 3), "labels": torch.randint(0, 2, (6,)), "idx": torch.arange(6)}
     d2 = {"inputs": torch.randn(8, 3), "labels": torch.randint(0, 2, (8,)), "idx": torch.arange(8)}
     weights = TaskWeights("weights", hypergradient_config("darts"), model, adam(model.parameters(), 1e-3, 0.0),
-                          None, [d1], weight_decay=0.0, lr=1e-3, example_weights="data")
+                          None, [d1], weight_decay=0.0, lr=1e-3, shaped_by=("data",))
     attention = MixupAttention("attention", hypergradient_config(middle, retain_graph=True, first_order=True),
                                mixup, adam(mixup.parameters(), 1e-3, 0.0), None, [d2])
     example_weights = ExampleWeights(6)

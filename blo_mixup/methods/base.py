@@ -29,8 +29,13 @@ class Method:
     summary: ClassVar[str] = ""
 
     def __init__(self, options=None, run=None):
+        from ..config import check_option_values
+
         self.options = options if options is not None else self.options_class()
         self.run = run
+        # The ranges and choices the options' field metadata declares (config.check_option_values);
+        # options built from flags, files or fit() were checked already, these may be built in Python.
+        check_option_values(self.options)
 
     # --- set-up ---------------------------------------------------------------------------------
     def model_kwargs(self) -> dict[str, Any]:
@@ -90,6 +95,15 @@ class Method:
     def weight_updates(self, stats: dict[str, Any]) -> int:
         """Optimizer steps taken on W, from fit()'s statistics (results.json's "weight_updates")."""
         return int(stats["steps"])
+
+    # --- `blo-mixup bench` (bench.py) ------------------------------------------------------------
+    def bench_cases(self, bench) -> list:
+        """The cases `blo-mixup bench` times for this method, built with `bench` (a bench.CaseBuilder:
+        shared_loop, mixup_step, blo). Default: one step of the shared loop with this method's hooks; a
+        method whose training is not that loop (it overrides fit) returns none, and is timed by whole runs."""
+        if type(self).fit is not Method.fit:
+            return []
+        return [bench.shared_loop(self.name, self)]
 
     # --- checkpoints (checkpoint.py) ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

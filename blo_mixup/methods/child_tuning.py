@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UserError
+from ..model_parts import encoder_layers
 from .base import Method, register
-from .reinit import encoder_layers
 
 
 @dataclass
 class ChildTuningOptions:
-    child_reserve_p: float = field(default=0.3, metadata={"help": "Child-Tuning: fraction of the layer stack's gradient entries kept (0 < p <= 1)"})
+    child_reserve_p: float = field(default=0.3, metadata={"help": "Child-Tuning: fraction of the layer stack's gradient entries kept (0 < p <= 1)", "above": 0, "max": 1})
 
 
 def child_parameters(model) -> list[torch.nn.Parameter]:
@@ -61,11 +60,6 @@ def top_fraction_masks(scores: dict, reserve_p: float) -> dict:
 
 class _ChildTuning(Method):
     options_class = ChildTuningOptions
-
-    def __init__(self, options=None, run=None):
-        super().__init__(options, run)
-        if not 0 < self.options.child_reserve_p <= 1:
-            raise UserError(f"--child-reserve-p must be in (0, 1] (the fraction of gradients kept); got {self.options.child_reserve_p}")
 
     def prepare_model(self, model, ctx=None):
         child_parameters(model)  # fail early, with a UserError, on a model without a layer stack

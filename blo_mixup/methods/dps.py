@@ -24,32 +24,16 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import UserError
+from ..model_parts import DROPOUT_CONFIG_KEYS, encoder_linears, set_dropout
 from .base import Method, register
 from .mixout import mixout
 
 
 @dataclass
 class DpsOptions:
-    dps_p: float = field(default=0.3, metadata={"help": "DPS: fraction of each matrix FROZEN in stage II (0.3: 70 percent of the entries are updated)"})
-    dps_update_ratio: float = field(default=0.05, metadata={"help": "DPS: stage length as a fraction of the total optimizer steps"})
-    dps_dropout: float = field(default=0.0, metadata={"help": "DPS: dropout rate of the whole model (the paper trains without dropout)"})
-
-
-def encoder_linears(model) -> dict[str, nn.Linear]:
-    """The nn.Linear layers inside the model's repeated encoder blocks, by name.
-
-    For BERT these are the six Linear layers of each layer (query, key, value, attention output,
-    intermediate, output); embeddings, pooler and classifier are outside the blocks.
-    """
-    base = getattr(model, getattr(model, "base_model_prefix", ""), model)
-    num_layers = getattr(model.config, "num_hidden_layers", None)
-    blocks = [m for m in base.modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers]
-    if not blocks:
-        raise UserError(f"DPS found no list of {num_layers} encoder layers in {type(model).__name__}; "
-                        "use a BERT-like encoder model with --method dps-dense / dps-mix")
-    inside = {id(m) for m in blocks[0].modules()}
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) in inside}
+    dps_p: float = field(default=0.3, metadata={"help": "DPS: fraction of each matrix FROZEN in stage II (0.3: 70 percent of the entries are updated)", "min": 0, "below": 1})
+    dps_update_ratio: float = field(default=0.05, metadata={"help": "DPS: stage length as a fraction of the total optimizer steps", "above": 0, "max": 1})
+    dps_dropout: float = field(default=0.0, metadata={"help": "DPS: dropout rate of the whole model (the paper trains without dropout)", "min": 0, "below": 1})
 
 
 def top_fraction_mask(score: torch.Tensor, keep: float) -> torch.Tensor:
@@ -64,16 +48,6 @@ def top_fraction_mask(score: torch.Tensor, keep: float) -> torch.Tensor:
     return mask.view_as(score)
 
 
-def set_dropout(model, p: float) -> None:
-    """Set every dropout module of the model (and its config, for the saved model) to rate p."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = p
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        if hasattr(model.config, key):
-            setattr(model.config, key, p)
-
-
 class _DpsBase(Method):
     """The cycle bookkeeping shared by both variants: step counting, stage length, stage boundaries."""
 
@@ -81,13 +55,6 @@ class _DpsBase(Method):
 
     def __init__(self, options=None, run=None):
         super().__init__(options, run)
-        o = self.options
-        if not 0 <= o.dps_p < 1:
-            raise UserError(f"--dps-p must be in [0, 1) (the fraction of each matrix frozen in stage II); got {o.dps_p}")
-        if not 0 < o.dps_update_ratio <= 1:
-            raise UserError(f"--dps-update-ratio must be in (0, 1] (a fraction of the total steps); got {o.dps_update_ratio}")
-        if not 0 <= o.dps_dropout < 1:
-            raise UserError(f"--dps-dropout must be in [0, 1); got {o.dps_dropout}")
         self.step = 1  # the optimizer step about to run, 1-based
         self.stage_length = 1
         self.total_steps = 0
@@ -100,7 +67,7 @@ class _DpsBase(Method):
         self.total_steps = steps_for(len(ctx.train), ctx.run.batch_size, ctx.run.epochs)
         self.stage_length = max(1, math.floor(self.total_steps * self.options.dps_update_ratio))
         self.targets = encoder_linears(model)
-        set_dropout(model, self.options.dps_dropout)
+        set_dropout(model, self.options.dps_dropout, DROPOUT_CONFIG_KEYS)
 
     def in_stage_one(self, step: int | None = None) -> bool:
         step = self.step if step is None else step

@@ -39,16 +39,16 @@ HOLDOUTS = ("unselected", "split")
 @dataclass
 class FtftOptions:
     ftft_reference_model: str | None = field(default=None, metadata={"help": "FTFT: reference model name or path (default: --model)"})
-    ftft_reference_epochs: int | None = field(default=None, metadata={"help": "FTFT: reference model epochs, at least 2 (default: --epochs rounded up, at least 2)"})
-    ftft_reference_lr: float | None = field(default=None, metadata={"help": "FTFT: reference model learning rate (default: --lr, else by the reference model's size)"})
+    ftft_reference_epochs: int | None = field(default=None, metadata={"help": "FTFT: reference model epochs, at least 2 (default: --epochs rounded up, at least 2)", "min": 2})
+    ftft_reference_lr: float | None = field(default=None, metadata={"help": "FTFT: reference model learning rate (default: --lr, else by the reference model's size)", "above": 0})
     ftft_selection: str = field(default="ambiguous", metadata={"help": "FTFT: which examples to keep: ambiguous (highest variability), hard-to-learn (lowest confidence) or random", "choices": SELECTIONS})
-    ftft_fraction: float = field(default=0.33, metadata={"help": "FTFT: fraction of the training examples kept"})
-    ftft_patience: int = field(default=2, metadata={"help": "FTFT: evaluations without improvement before stopping"})
-    ftft_eval_every: int = field(default=0, metadata={"help": "FTFT: steps between evaluations of the main model (0: ten evaluations over the run)"})
-    ftft_max_steps: int = field(default=0, metadata={"help": "FTFT: most steps of the main model (0: the steps of plain fine-tuning on the whole subsample for --epochs)"})
+    ftft_fraction: float = field(default=0.33, metadata={"help": "FTFT: fraction of the training examples kept", "above": 0, "below": 1})
+    ftft_patience: int = field(default=2, metadata={"help": "FTFT: evaluations without improvement before stopping", "min": 1})
+    ftft_eval_every: int = field(default=0, metadata={"help": "FTFT: steps between evaluations of the main model (0: ten evaluations over the run)", "min": 0})
+    ftft_max_steps: int = field(default=0, metadata={"help": "FTFT: most steps of the main model (0: the steps of plain fine-tuning on the whole subsample for --epochs)", "min": 0})
     ftft_holdout: str = field(default="unselected", metadata={"help": "FTFT: early-stopping examples: the unselected training examples, or a split held out before the reference run", "choices": HOLDOUTS})
-    ftft_holdout_ratio: float = field(default=0.2, metadata={"help": "FTFT: fraction held out with --ftft-holdout split"})
-    ftft_eval_size: int = field(default=100, metadata={"help": "FTFT: at most this many held-out examples per evaluation (0: all)"})
+    ftft_holdout_ratio: float = field(default=0.2, metadata={"help": "FTFT: fraction held out with --ftft-holdout split", "above": 0, "below": 1})
+    ftft_eval_size: int = field(default=100, metadata={"help": "FTFT: at most this many held-out examples per evaluation (0: all)", "min": 0})
 
 
 # ------------------------------------------------------------------------------------------ data maps
@@ -193,26 +193,6 @@ class Ftft(Method):
 
     def __init__(self, options=None, run=None):
         super().__init__(options, run)
-        o = self.options
-        if o.ftft_selection not in SELECTIONS or o.ftft_holdout not in HOLDOUTS:
-            from ..errors import unknown_choice
-
-            bad = ("ftft-selection", o.ftft_selection, SELECTIONS) if o.ftft_selection not in SELECTIONS \
-                else ("ftft-holdout", o.ftft_holdout, HOLDOUTS)
-            raise unknown_choice(*bad)
-        if not 0 < o.ftft_fraction < 1:
-            raise UserError(f"--ftft-fraction must be strictly between 0 and 1; got {o.ftft_fraction}")
-        if o.ftft_reference_epochs is not None and o.ftft_reference_epochs < 2:
-            raise UserError(f"--ftft-reference-epochs must be at least 2 (variability is a std over epochs); got {o.ftft_reference_epochs}")
-        if o.ftft_reference_lr is not None and o.ftft_reference_lr <= 0:
-            raise UserError(f"--ftft-reference-lr must be positive; got {o.ftft_reference_lr}")
-        if o.ftft_patience < 1:
-            raise UserError(f"--ftft-patience must be at least 1; got {o.ftft_patience}")
-        for flag in ("ftft_eval_every", "ftft_max_steps", "ftft_eval_size"):
-            if getattr(o, flag) < 0:
-                raise UserError(f"--{flag.replace('_', '-')} must be zero or more; got {getattr(o, flag)}")
-        if not 0 < o.ftft_holdout_ratio < 1:
-            raise UserError(f"--ftft-holdout-ratio must be strictly between 0 and 1; got {o.ftft_holdout_ratio}")
         self.stats = {}
 
     def reference_dynamics(self, ctx, pool_raw) -> dict[int, list[float]]:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..model_parts import base_model, dropout_modules
 from .base import Method, register
 
 CACHE_VERSION = 1
@@ -46,18 +47,18 @@ FLOAT_DROPOUT_ATTRIBUTES = ("attention_dropout", "dropout")  # attention modules
 
 @dataclass
 class GuidedDropoutOptions:
-    gd_p_upper: float = field(default=0.1, metadata={"help": "guided dropout: rate of the dropout site with the LOWEST Fisher score"})
-    gd_p_lower: float = field(default=0.0, metadata={"help": "guided dropout: rate of the dropout site with the HIGHEST Fisher score"})
-    gd_classifier_dropout: float = field(default=0.1, metadata={"help": "guided dropout: rate of the classifier head's dropout"})
+    gd_p_upper: float = field(default=0.1, metadata={"help": "guided dropout: rate of the dropout site with the LOWEST Fisher score", "min": 0, "below": 1})
+    gd_p_lower: float = field(default=0.0, metadata={"help": "guided dropout: rate of the dropout site with the HIGHEST Fisher score", "min": 0, "below": 1})
+    gd_classifier_dropout: float = field(default=0.1, metadata={"help": "guided dropout: rate of the classifier head's dropout", "min": 0, "below": 1})
     gd_fisher_corpus: str = field(default="subsample", metadata={
         "help": "guided dropout: Fisher text, without labels: the run's training subsample, or the task's whole train split",
         "choices": CORPUS_CHOICES})
-    gd_fisher_examples: int = field(default=1000, metadata={"help": "guided dropout: at most this many Fisher texts (a fixed random subset)"})
+    gd_fisher_examples: int = field(default=1000, metadata={"help": "guided dropout: at most this many Fisher texts (a fixed random subset)", "above": 0})
     gd_fisher_head: str = field(default="auto", metadata={
         "help": "guided dropout: loss of the Fisher: auto (the checkpoint's MLM head, else tied-mlm), mlm, tied-mlm "
                 "(decoder tied to the embeddings, fresh transform) or task (task loss on the labelled subsample)",
         "choices": HEAD_CHOICES})
-    gd_mlm_probability: float = field(default=0.15, metadata={"help": "guided dropout: fraction of tokens masked for the MLM loss"})
+    gd_mlm_probability: float = field(default=0.15, metadata={"help": "guided dropout: fraction of tokens masked for the MLM loss", "above": 0, "below": 1})
     gd_cache_dir: str | None = field(default=None, metadata={
         "help": "guided dropout: folder of cached Fisher scores (default $BLO_MIXUP_CACHE/guided_dropout or ~/.cache/blo_mixup/guided_dropout)"})
     gd_recompute: bool = field(default=False, metadata={"help": "guided dropout: recompute the Fisher scores even when cached"})
@@ -86,10 +87,6 @@ class DropoutSite:
             value.p = float(p)
         else:
             setattr(self.owner, self.attribute, float(p))
-
-
-def base_model(model) -> nn.Module:
-    return getattr(model, getattr(model, "base_model_prefix", ""), model)
 
 
 def dropout_sites(base: nn.Module) -> list[DropoutSite]:
@@ -144,8 +141,8 @@ def apply_rates(model, rates: dict[str, float], classifier_rate: float) -> dict[
     for name, rate in rates.items():
         sites[name].set_rate(rate)
     inside = {id(m) for m in base.modules()}
-    for module in model.modules():
-        if isinstance(module, nn.Dropout) and id(module) not in inside:
+    for module in dropout_modules(model):
+        if id(module) not in inside:
             module.p = classifier_rate
     if hasattr(model.config, "classifier_dropout"):
         model.config.classifier_dropout = classifier_rate
@@ -363,21 +360,8 @@ class GuidedDropout(Method):
     def __init__(self, options=None, run=None):
         super().__init__(options, run)
         o = self.options
-        for flag in ("gd_p_upper", "gd_p_lower", "gd_classifier_dropout"):
-            if not 0 <= getattr(o, flag) < 1:
-                raise UserError(f"--{flag.replace('_', '-')} must be in [0, 1); got {getattr(o, flag)}")
         if o.gd_p_lower > o.gd_p_upper:
             raise UserError(f"--gd-p-lower ({o.gd_p_lower}) must not exceed --gd-p-upper ({o.gd_p_upper}); swap them")
-        if o.gd_fisher_head not in HEAD_CHOICES or o.gd_fisher_corpus not in CORPUS_CHOICES:
-            from ..errors import unknown_choice
-
-            bad = ("gd-fisher-head", o.gd_fisher_head, HEAD_CHOICES) if o.gd_fisher_head not in HEAD_CHOICES \
-                else ("gd-fisher-corpus", o.gd_fisher_corpus, CORPUS_CHOICES)
-            raise unknown_choice(*bad)
-        if o.gd_fisher_examples < 1:
-            raise UserError(f"--gd-fisher-examples must be positive; got {o.gd_fisher_examples}")
-        if not 0 < o.gd_mlm_probability < 1:
-            raise UserError(f"--gd-mlm-probability must be in (0, 1); got {o.gd_mlm_probability}")
         if o.gd_fisher_head == "task" and o.gd_fisher_corpus == "train-split":
             raise UserError("--gd-fisher-head task uses the labels, so only the training subsample is allowed; "
                             "drop --gd-fisher-corpus train-split")

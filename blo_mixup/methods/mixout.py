@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import UserError
+from ..model_parts import base_model, is_conv1d, set_dropout
 from .base import Method, register
 
 
@@ -57,14 +58,14 @@ def mixout(weight, target, mask, p: float):
 
 def mixout_targets(model: nn.Module) -> list[str]:
     """Names of the modules whose weight mixout mixes: the layer stack's and the pooler's Linear layers."""
-    from ..mixup import target_module_names
+    from ..blo.mixup import target_module_names
 
     return target_module_names(model)
 
 
 @dataclass
 class MixoutOptions:
-    mixout_p: float = field(default=0.7, metadata={"help": "mixout probability p: chance that a weight column is replaced by its pretrained value (0 <= p < 1)"})
+    mixout_p: float = field(default=0.7, metadata={"help": "mixout probability p: chance that a weight column is replaced by its pretrained value (0 <= p < 1)", "min": 0, "below": 1})
 
 
 @register
@@ -75,8 +76,6 @@ class Mixout(Method):
 
     def __init__(self, options=None, run=None):
         super().__init__(options, run)
-        if not 0 <= self.options.mixout_p < 1:
-            raise UserError(f"--mixout-p must be in [0, 1) (1 would freeze the model at W0); got {self.options.mixout_p}")
         self.targets: list[str] = []
 
     def prepare_model(self, model, ctx=None):
@@ -86,12 +85,10 @@ class Mixout(Method):
                             "model whose layers are nn.Linear or Conv1D")
         for name in self.targets:
             module = model.get_submodule(name)
-            transposed = type(module).__name__ == "Conv1D"
+            transposed = is_conv1d(module)
             parametrize.register_parametrization(module, "weight", MixoutWeight(module.weight, self.options.mixout_p, transposed))
         # Mixout replaces dropout in the pretrained part; the new head keeps its dropout.
-        for module in model.base_model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
+        set_dropout(base_model(model), 0.0)
         return model
 
     def finalize_model(self, model):

@@ -31,6 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import UserError
+from ..model_parts import DROPOUT_CONFIG_KEYS, set_dropout
 from .base import Method, register
 
 PRIOR_SCALES = torch.exp(torch.linspace(-6, -2, 8)).tolist()  # the official K table's prior standard deviations
@@ -38,15 +39,15 @@ PRIOR_SCALES = torch.exp(torch.linspace(-6, -2, 8)).tolist()  # the official K t
 
 @dataclass
 class PacTuningOptions:
-    pac_epochs: float = field(default=12.0, metadata={"help": "PAC-tuning: training epochs, both stages (paper: 250 full-batch epochs on 100 examples)"})
-    pac_stage1_fraction: float = field(default=0.8, metadata={"help": "PAC-tuning: fraction of the steps in stage 1 (paper: 200 of 250)"})
+    pac_epochs: float = field(default=12.0, metadata={"help": "PAC-tuning: training epochs, both stages (paper: 250 full-batch epochs on 100 examples)", "above": 0})
+    pac_stage1_fraction: float = field(default=0.8, metadata={"help": "PAC-tuning: fraction of the steps in stage 1 (paper: 200 of 250)", "min": 0, "max": 1})
     pac_full_batch: bool = field(default=False, metadata={"help": "PAC-tuning: one step per epoch on the whole training set (the paper), accumulated over --batch-size chunks"})
-    pac_gamma: float = field(default=10.0, metadata={"help": "PAC-tuning: gamma of the PAC-Bayes bound"})
-    pac_backbone_lr: float = field(default=5e-5, metadata={"help": "PAC-tuning: learning rate of the encoder (--lr is not used)"})
-    pac_head_lr: float = field(default=1e-2, metadata={"help": "PAC-tuning: learning rate of the task head"})
-    pac_noise_lr: float = field(default=0.1, metadata={"help": "PAC-tuning: Adam learning rate of the noise (xi) and prior (b) parameters"})
-    pac_k_models: int = field(default=5, metadata={"help": "PAC-tuning: random prior models per scale when estimating K (paper: 10)"})
-    pac_k_examples: int = field(default=50, metadata={"help": "PAC-tuning: training examples used to estimate K (paper: all 100)"})
+    pac_gamma: float = field(default=10.0, metadata={"help": "PAC-tuning: gamma of the PAC-Bayes bound", "above": 0})
+    pac_backbone_lr: float = field(default=5e-5, metadata={"help": "PAC-tuning: learning rate of the encoder (--lr is not used)", "above": 0})
+    pac_head_lr: float = field(default=1e-2, metadata={"help": "PAC-tuning: learning rate of the task head", "above": 0})
+    pac_noise_lr: float = field(default=0.1, metadata={"help": "PAC-tuning: Adam learning rate of the noise (xi) and prior (b) parameters", "above": 0})
+    pac_k_models: int = field(default=5, metadata={"help": "PAC-tuning: random prior models per scale when estimating K (paper: 10)", "above": 0})
+    pac_k_examples: int = field(default=50, metadata={"help": "PAC-tuning: training examples used to estimate K (paper: all 100)", "above": 0})
     pac_freeze_embeddings: bool = field(default=True, metadata={"help": "PAC-tuning: keep the embeddings frozen (the paper does)"})
 
 
@@ -234,21 +235,11 @@ class PacTuning(Method):
 
     def __init__(self, options=None, run=None):
         super().__init__(options, run)
-        o = self.options
-        for flag in ("pac_epochs", "pac_gamma", "pac_backbone_lr", "pac_head_lr", "pac_noise_lr", "pac_k_models", "pac_k_examples"):
-            if getattr(o, flag) <= 0:
-                raise UserError(f"--{flag.replace('_', '-')} must be positive; got {getattr(o, flag)}")
-        if not 0 <= o.pac_stage1_fraction <= 1:
-            raise UserError(f"--pac-stage1-fraction must be in [0, 1]; got {o.pac_stage1_fraction}")
         self.stats = {}
 
     def prepare_model(self, model, ctx):
-        for module in model.modules():  # no dropout anywhere: the injected noise is the regulariser
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-            if hasattr(model.config, key):
-                setattr(model.config, key, 0.0)
+        # no dropout anywhere: the injected noise is the regulariser
+        set_dropout(model, 0.0, (*DROPOUT_CONFIG_KEYS, "classifier_dropout"))
         if self.options.pac_freeze_embeddings:
             for name, param in model.named_parameters():
                 if "embed" in name:  # the official rule: every parameter with "embed" in its name

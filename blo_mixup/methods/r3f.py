@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UserError
 from .base import Method, register
 from .rdrop import is_regression, symmetric_kl
 
@@ -45,9 +44,9 @@ def r3f_penalty(logits, noisy_logits, regression: bool = False) -> torch.Tensor:
 
 @dataclass
 class R3FOptions:
-    r3f_lambda: float = field(default=1.0, metadata={"help": "R3F: weight of the symmetric KL between clean and noisy predictions"})
+    r3f_lambda: float = field(default=1.0, metadata={"help": "R3F: weight of the symmetric KL between clean and noisy predictions", "min": 0})
     r3f_noise: str = field(default="normal", metadata={"help": "R3F: noise on the input embeddings, normal N(0, eps^2) or uniform U(-eps, eps)", "choices": NOISE_TYPES})
-    r3f_eps: float = field(default=1e-5, metadata={"help": "R3F: noise scale eps (standard deviation, or half-width for uniform)"})
+    r3f_eps: float = field(default=1e-5, metadata={"help": "R3F: noise scale eps (standard deviation, or half-width for uniform)", "min": 0})
 
 
 @register
@@ -55,18 +54,6 @@ class R3F(Method):
     name = "r3f"
     options_class = R3FOptions
     summary = "R3F: loss + lambda * symmetric KL under noise on the input embeddings (Aghajanyan et al., ICLR 2021)"
-
-    def __init__(self, options=None, run=None):
-        super().__init__(options, run)
-        o = self.options
-        if o.r3f_noise not in NOISE_TYPES:
-            from ..errors import unknown_choice
-
-            raise unknown_choice("r3f noise", o.r3f_noise, NOISE_TYPES)
-        if o.r3f_lambda < 0:
-            raise UserError(f"--r3f-lambda must be zero or more; got {o.r3f_lambda}")
-        if o.r3f_eps < 0:
-            raise UserError(f"--r3f-eps must be zero or more; got {o.r3f_eps}")
 
     def loss(self, model, batch, ctx=None):
         inputs = {k: v for k, v in batch.items() if k not in ("idx", "input_ids")}

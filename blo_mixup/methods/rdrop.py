@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 from .base import Method, register
 
 
@@ -47,7 +46,7 @@ def rdrop_loss(logits1, logits2, labels, alpha: float, regression: bool = False)
 
 @dataclass
 class RDropOptions:
-    rdrop_alpha: float = field(default=1.0, metadata={"help": "R-Drop: weight of the symmetric KL between the two dropout passes"})
+    rdrop_alpha: float = field(default=1.0, metadata={"help": "R-Drop: weight of the symmetric KL between the two dropout passes", "min": 0})
 
 
 @register
@@ -55,11 +54,6 @@ class RDrop(Method):
     name = "r-drop"
     options_class = RDropOptions
     summary = "R-Drop: two dropout passes, loss + alpha * symmetric KL between them (Liang et al., NeurIPS 2021)"
-
-    def __init__(self, options=None, run=None):
-        super().__init__(options, run)
-        if self.options.rdrop_alpha < 0:
-            raise UserError(f"--rdrop-alpha must be zero or more; got {self.options.rdrop_alpha}")
 
     def loss(self, model, batch, ctx):
         inputs = {k: torch.cat([v, v]) for k, v in batch.items() if k not in ("idx", "labels") and torch.is_tensor(v)}

@@ -19,43 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..model_parts import embeddings_of, encoder_layers, is_conv1d, pooler_of
 from .base import Method, register
-
-# Where BERT-like models keep their stack of transformer layers, relative to model.base_model.
-LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer", "h")
-
-
-def _get_path(module: nn.Module, path: str):
-    for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's transformer layers, lowest first (BERT, RoBERTa, ELECTRA, DeBERTa, DistilBERT, GPT-2)."""
-    base = getattr(model, "base_model", model)
-    for path in LAYER_PATHS:
-        layers = _get_path(base, path)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return layers
-    raise UserError(
-        f"cannot find the transformer layers of {type(model).__name__} (looked for base_model."
-        f"{', '.join(LAYER_PATHS)}); use a BERT-like model (BERT, RoBERTa, ELECTRA, DeBERTa, DistilBERT) with this method"
-    )
-
-
-def pooler_of(model: nn.Module):
-    """The pretrained pooler (BERT-style models), or None when the model has none."""
-    return getattr(getattr(model, "base_model", model), "pooler", None)
-
-
-def embeddings_of(model: nn.Module) -> nn.Module:
-    """The embedding block (word, position, type embeddings and their LayerNorm), or the input embeddings."""
-    base = getattr(model, "base_model", model)
-    embeddings = getattr(base, "embeddings", None)
-    return embeddings if isinstance(embeddings, nn.Module) else model.get_input_embeddings()
 
 
 @torch.no_grad()
@@ -67,7 +32,7 @@ def reinitialize(module: nn.Module, std: float) -> None:
                 sub.weight.fill_(1.0)
             if getattr(sub, "bias", None) is not None:
                 sub.bias.zero_()
-        elif isinstance(sub, (nn.Linear, nn.Embedding)) or type(sub).__name__ == "Conv1D":
+        elif isinstance(sub, (nn.Linear, nn.Embedding)) or is_conv1d(sub):
             sub.weight.normal_(0.0, std)
             if getattr(sub, "bias", None) is not None:
                 sub.bias.zero_()
@@ -75,9 +40,9 @@ def reinitialize(module: nn.Module, std: float) -> None:
 
 @dataclass
 class ReinitOptions:
-    reinit_layers: int = field(default=2, metadata={"help": "re-initialise this many top transformer layers (0 = none)"})
+    reinit_layers: int = field(default=2, metadata={"help": "re-initialise this many top transformer layers (0 = none)", "min": 0})
     reinit_pooler: bool = field(default=True, metadata={"help": "re-initialise the pooler too (when the model has one)"})
-    llrd_decay: float = field(default=0.9, metadata={"help": "layer-wise lr decay xi: layer l trains at lr * xi^(L - l); 1 = off"})
+    llrd_decay: float = field(default=0.9, metadata={"help": "layer-wise lr decay xi: layer l trains at lr * xi^(L - l); 1 = off", "above": 0, "max": 1})
 
 
 @register
@@ -88,11 +53,6 @@ class ReinitLLRD(Method):
 
     def __init__(self, options=None, run=None):
         super().__init__(options, run)
-        o = self.options
-        if o.reinit_layers < 0:
-            raise UserError(f"--reinit-layers must be zero or more; got {o.reinit_layers}")
-        if not 0 < o.llrd_decay <= 1:
-            raise UserError(f"--llrd-decay must be in (0, 1] (1 turns the decay off); got {o.llrd_decay}")
         self.reinitialized: list[str] = []
 
     def prepare_model(self, model, ctx):

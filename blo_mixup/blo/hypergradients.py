@@ -48,7 +48,7 @@ import torch
 import betty.hypergradient
 from betty.configs import Config
 
-from .errors import UserError, did_you_mean, unknown_choice
+from ..errors import UserError, did_you_mean, unknown_choice
 
 # Config fields hypergradient_config sets itself, and Betty features these functions do not support.
 _MANAGED_FIELDS = {
@@ -784,15 +784,16 @@ _WHY_NOT = {
 }
 
 
-def import_hypergradient_module(spec):
-    """Import a module (dotted name) or a Python file that registers hypergradients; once per process."""
+def import_hypergradient_module(spec, option: str = "hypergradient_module"):
+    """Import a module (dotted name) or a Python file that registers hypergradients (or levels, with
+    option="level_module"); once per process."""
     spec = str(spec).strip()
     if spec in _IMPORTED:
         return _IMPORTED[spec]
     if spec.endswith(".py") or os.sep in spec or "/" in spec:
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
-            raise UserError(f"hypergradient_module '{spec}': no such file; give a .py file or an importable module")
+            raise UserError(f"{option} '{spec}': no such file; give a .py file or an importable module")
         module_name = "blo_mixup_user_" + re.sub(r"\W", "_", path.stem)
         loader_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(loader_spec)
@@ -808,7 +809,7 @@ def import_hypergradient_module(spec):
         except ModuleNotFoundError as error:
             if error.name is None or not spec.startswith(error.name):
                 raise
-            raise UserError(f"hypergradient_module '{spec}': no module named '{error.name}'; give a .py file "
+            raise UserError(f"{option} '{spec}': no module named '{error.name}'; give a .py file "
                             "or a module on the Python path") from None
     _IMPORTED[spec] = module
     return module

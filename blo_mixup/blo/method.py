@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UserError
-from .base import Method, register
+from ..methods.base import Method, register
 
 # The built-in hypergradients (the --hypergradient help names them; tests check this against the
 # registry). validate accepts every registered name: blo_mixup.hypergradients.hypergradient_names().
@@ -27,21 +26,24 @@ class BloMixupOptions:
     hypergradient_iterations: int | None = field(default=None, metadata={"help": "Neumann/CG iterations (default: the method's, see docs/hypergradients.md)"})
     hypergradient_alpha: float | None = field(default=None, metadata={"help": "Neumann/CG step size"})
     hypergradient_radius: float | None = field(default=None, metadata={"help": "darts/darts-plain/sama finite-difference radius (default 0.01)"})
-    unroll_steps: int = field(default=1, metadata={"help": "lower steps per upper step"})
+    unroll_steps: int = field(default=1, metadata={"help": "lower steps per upper step", "above": 0})
     mixup_granularity: str = field(default="rank", metadata={"help": "attention shape: rank (A = a @ c), element, row or matrix", "choices": ("rank", "element", "row", "matrix")})
-    mixup_rank: int = field(default=1, metadata={"help": "rank r of A = a @ c"})
+    mixup_rank: int = field(default=1, metadata={"help": "rank r of A = a @ c", "above": 0})
     mixup_form: str = field(default="convex", metadata={"help": "convex: A*W + (1-A)*W0; paper: (a@c)*W + ((1-a)@(1-c))*W0", "choices": ("convex", "paper")})
     mixup_constraint: str = field(default="clamp", metadata={"help": "keep A in [0,1] by clamp (projection) or sigmoid", "choices": ("clamp", "sigmoid")})
     mixup_init_std: float = field(default=0.0, metadata={"help": "std of Gaussian noise on the initial attention factors, then clamped (the official code: 0.005)"})
-    split_ratio: float = field(default=0.8, metadata={"help": "fraction of the subsample in D1 (the rest is D2)"})
-    outer_lr: float = field(default=2e-3, metadata={"help": "upper-level (attention) learning rate"})
-    inner_clip: float = field(default=5.0, metadata={"help": "lower-level gradient clipping in phase 1"})
-    phase1_epochs: float | None = field(default=None, metadata={"help": "BLO epochs over D1 (default: --epochs)"})
-    phase2_epochs: float | None = field(default=None, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (default: --epochs; 0 skips phase 2)"})
-    phase2_lr: float | None = field(default=None, metadata={"help": "phase-2 learning rate (default: --lr)"})
-    folds: int = field(default=1, metadata={"help": "fold averaging: run phase 1 on this many random D1/D2 re-splits and average W and A"})
-    levels: int = field(default=2, metadata={"help": "2, or 3 to add a data-reweighting node on top (the middle level then always uses darts-plain)"})
-    data_weight_lr: float = field(default=1e-2, metadata={"help": "learning rate of the per-example weights (--levels 3)"})
+    split_ratio: float = field(default=0.8, metadata={"help": "fraction of the subsample in D1 (the rest is D2)", "above": 0, "below": 1})
+    outer_lr: float = field(default=2e-3, metadata={"help": "upper-level (attention) learning rate", "above": 0})
+    inner_clip: float = field(default=5.0, metadata={"help": "lower-level gradient clipping in phase 1", "min": 0})
+    phase1_epochs: float | None = field(default=None, metadata={"help": "BLO epochs over D1 (default: --epochs)", "above": 0})
+    phase2_epochs: float | None = field(default=None, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (default: --epochs; 0 skips phase 2)", "min": 0})
+    phase2_lr: float | None = field(default=None, metadata={"help": "phase-2 learning rate (default: --lr)", "above": 0})
+    folds: int = field(default=1, metadata={"help": "fold averaging: run phase 1 on this many random D1/D2 re-splits and average W and A", "above": 0})
+    levels: int = field(default=2, metadata={"help": "2, or 3 to add a data-reweighting node on top (the middle level then always uses darts-plain)", "choices": (2, 3)})
+    data_weight_lr: float = field(default=1e-2, metadata={"help": "learning rate of the per-example weights (--levels 3)", "above": 0})
+    add_levels: str | None = field(default=None, metadata={"help": "registered levels to add on top of weights and attention, comma-separated (data = --levels 3; your own: docs/extending.md)"})
+    level_module: str | None = field(default=None, metadata={"help": "a Python file or module to import first, which registers levels (blo_mixup.register_level)"})
+    level_options: dict | str | None = field(default=None, metadata={"help": "options for the added levels' build functions, as name=value,name=value (a mapping in config files and fit())"})
 
 
 @register
@@ -57,8 +59,8 @@ class BloMixup(Method):
         self.stats = {}
 
     def validate(self) -> None:
-        from ..config import check_positive
-        from ..hypergradients import hypergradient_config, import_hypergradient_module
+        """The checks beyond the fields' ranges and choices (Method.__init__ checked those, from the metadata)."""
+        from .hypergradients import hypergradient_config, import_hypergradient_module
 
         o = self.options
         if o.hypergradient_module:
@@ -67,35 +69,32 @@ class BloMixup(Method):
         # suggestion) and wrong options fail here, early.
         hypergradient_config(o.hypergradient, iterations=o.hypergradient_iterations, alpha=o.hypergradient_alpha,
                              radius=o.hypergradient_radius, options=o.hypergradient_options,
-                             unroll_steps=max(1, o.unroll_steps))
-        for name in ("unroll_steps", "mixup_rank", "outer_lr", "folds", "data_weight_lr"):
-            check_positive(name, getattr(o, name))
-        for name in ("phase1_epochs", "phase2_lr", "inner_clip"):
-            check_positive(name, getattr(o, name), allow_zero=name == "inner_clip")
-        check_positive("phase2_epochs", o.phase2_epochs, allow_zero=True)
-        if not 0 < o.split_ratio < 1:
-            raise UserError(f"--split-ratio must be strictly between 0 and 1; got {o.split_ratio}")
-        if o.levels not in (2, 3):
-            raise UserError(f"--levels must be 2 or 3; got {o.levels}")
+                             unroll_steps=o.unroll_steps)
+        if o.level_module:
+            import_hypergradient_module(o.level_module, option="level_module")
+        from .engine import BLOSettings, added_levels
+        from .levels import graph_levels
+
+        graph_levels(added_levels(BLOSettings(levels=o.levels, add_levels=o.add_levels)))  # unknown levels fail early
         if self.run is not None and (self.run.train_size or 0) > 0:  # fail before loading; split_two checks again
             from ..data import split_sizes
 
             split_sizes(self.run.train_size, o.split_ratio)
 
     def model_kwargs(self):
-        from ..hypergradients import needs_double_backward
+        from .hypergradients import needs_double_backward
 
         return {"eager_attention": needs_double_backward(self.options.hypergradient)}
 
     def mixup_config(self):
-        from ..mixup import MixupConfig
+        from .mixup import MixupConfig
 
         o = self.options
         return MixupConfig(granularity=o.mixup_granularity, rank=o.mixup_rank, form=o.mixup_form, constraint=o.mixup_constraint,
                            init_std=o.mixup_init_std)
 
     def prepare_model(self, model, ctx):
-        from ..mixup import attach_weight_mixup
+        from .mixup import attach_weight_mixup
 
         self.mixup = attach_weight_mixup(model, self.mixup_config())
         return model
@@ -103,7 +102,7 @@ class BloMixup(Method):
     def fit(self, model, ctx):
         from ..checkpoint import stage_for
         from ..data import split_two
-        from ..engine import BLOSettings, run_phase1
+        from .engine import BLOSettings, added_levels, run_phase1
         from ..training import train_loop
 
         o, run = self.options, ctx.run
@@ -112,8 +111,8 @@ class BloMixup(Method):
             hypergradient_alpha=o.hypergradient_alpha, hypergradient_radius=o.hypergradient_radius,
             hypergradient_options=o.hypergradient_options, unroll_steps=o.unroll_steps, epochs=o.phase1_epochs or run.epochs, lower_lr=ctx.lr,
             lower_weight_decay=run.weight_decay, lower_warmup_ratio=run.warmup_ratio, lower_clip=o.inner_clip,
-            upper_lr=o.outer_lr, levels=o.levels, data_weight_lr=o.data_weight_lr,
-            skip_nonfinite=run.skip_nonfinite)
+            upper_lr=o.outer_lr, levels=o.levels, add_levels=o.add_levels, level_options=o.level_options,
+            data_weight_lr=o.data_weight_lr, skip_nonfinite=run.skip_nonfinite)
         model.to(ctx.device)
         self.mixup.to(ctx.device)
         start_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(self.mixup.state_dict())) if o.folds > 1 else None
@@ -125,7 +124,7 @@ class BloMixup(Method):
             d1_raw, d2_raw = split_two(ctx.train_raw, o.split_ratio, run.seed + 1000 * fold, ctx.task)
             d1, d2 = ctx.tokenize(d1_raw), ctx.tokenize(d2_raw)
             desc = "phase 1 (BLO)" if o.folds == 1 else f"phase 1 (BLO), fold {fold + 1}/{o.folds}"
-            top = ctx.train_loader(d2, seed_offset=201 + fold) if o.levels == 3 else None
+            top = ctx.train_loader(d2, seed_offset=201 + fold) if added_levels(settings) else None
             self.stats["phase1"] = run_phase1(
                 model, self.mixup, ctx.train_loader(d1, seed_offset=1 + fold), ctx.train_loader(d2, seed_offset=101 + fold),
                 settings, device=str(ctx.device), d1_ids=d1["idx"], desc=desc, stage=stage_for(ctx, desc), top_loader=top)
@@ -157,7 +156,7 @@ class BloMixup(Method):
         self.mixup.load_state_dict(state["mixup"])
 
     def finalize_model(self, model):
-        from ..mixup import merge_weight_mixup
+        from .mixup import merge_weight_mixup
 
         return merge_weight_mixup(model)
 
@@ -177,14 +176,23 @@ class BloMixup(Method):
     def weight_updates(self, stats):
         return int(stats["phase1"]["lower_steps"]) + int(stats.get("phase2", {}).get("steps", 0))
 
+    def bench_cases(self, bench):
+        """`blo-mixup bench`: a phase-2 step, then one BLO iteration: blo-mixup's for each of bench's
+        --hypergradients x --unroll-steps, a preset's at its own hypergradient, unroll steps, outer lr and phases."""
+        o = self.options
+        if type(self) is BloMixup:
+            return [bench.mixup_step(), *(bench.blo(h, u) for h in bench.hypergradients for u in bench.unroll_steps)]
+        return [bench.mixup_step(), bench.blo(o.hypergradient, o.unroll_steps, name=self.name, outer_lr=o.outer_lr,
+                                              phase_epochs=(o.phase1_epochs, o.phase2_epochs))]
+
 
 @dataclass
 class BloMixupFastOptions(BloMixupOptions):
     """blo-mixup's options with the cheaper preset's defaults (docs/method.md, "The fast preset")."""
 
-    unroll_steps: int = field(default=5, metadata={"help": "lower steps per upper step"})
-    outer_lr: float = field(default=1e-2, metadata={"help": "upper-level (attention) learning rate"})
-    phase2_epochs: float | None = field(default=1.0, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (0 skips phase 2)"})
+    unroll_steps: int = field(default=5, metadata={"help": "lower steps per upper step", "above": 0})
+    outer_lr: float = field(default=1e-2, metadata={"help": "upper-level (attention) learning rate", "above": 0})
+    phase2_epochs: float | None = field(default=1.0, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (0 skips phase 2)", "min": 0})
 
 
 @register
@@ -208,7 +216,7 @@ class BloMixupPaperOptions(BloMixupOptions):
 
     mixup_form: str = field(default="paper", metadata={"help": "convex: A*W + (1-A)*W0; paper: (a@c)*W + ((1-a)@(1-c))*W0", "choices": ("convex", "paper")})
     mixup_init_std: float = field(default=0.005, metadata={"help": "std of Gaussian noise on the initial attention factors, then clamped (the official code: 0.005)"})
-    folds: int = field(default=5, metadata={"help": "fold averaging: run phase 1 on this many random D1/D2 re-splits and average W and A"})
+    folds: int = field(default=5, metadata={"help": "fold averaging: run phase 1 on this many random D1/D2 re-splits and average W and A", "above": 0})
 
 
 @register

@@ -18,8 +18,8 @@ from betty.hypergradient import jvp_fn_mapping
 from betty.problems import ImplicitProblem
 from betty.utils import replace_none_with_zero
 
-from .distributed import all_reduce_weighted, share_of
-from .training import default_param_groups, model_inputs
+from ..distributed import all_reduce_weighted, share_of
+from ..training import default_param_groups, model_inputs
 
 
 def per_example_loss(model, batch: dict) -> torch.Tensor:
@@ -43,13 +43,22 @@ class BloProblem:
     skip_nonfinite = 0
     skipped = 0
     averages_in_backward = False  # SingleBackwardUpper averages its gradients itself
+    shaped_by = ()  # names of the levels above that change this node's loss (engine.build_engine sets it)
+
+    def shaped_loss(self, batch, losses: torch.Tensor) -> torch.Tensor:
+        """The mean of the per-example `losses`, as changed by each level above that has
+        shape_lower_loss(lower, batch, losses, loss) (levels.py), in order."""
+        loss = losses.mean()
+        for name in self.shaped_by:
+            loss = getattr(self, name).shape_lower_loss(self, batch, losses, loss)
+        return loss
 
     def step_normal(self, global_step=None):
         self._global_step = global_step  # Betty sets it for leaves only; error messages name it
         return super().step_normal(global_step=global_step)
 
     def one_step_descent(self, batch=None):
-        from .logs import current
+        from ..logs import current
 
         loss_dict = super().one_step_descent(batch)
         current().scalar(f"phase1/{self.name}/loss", loss_dict["loss"], self._global_step or self._count)
@@ -78,13 +87,13 @@ class BloProblem:
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         if torch.isfinite(norm):
-            from .logs import current
+            from ..logs import current
 
             step, log = self._global_step or self._count, current()
             log.scalar(f"phase1/{self.name}/grad_norm", norm, step)
             log.scalar(f"phase1/{self.name}/lr", self.optimizer.param_groups[0]["lr"], step)
             return super().optimizer_step(*args, **kwargs)
-        from .training import NonFiniteError
+        from ..training import NonFiniteError
 
         self.skipped += 1
         error = NonFiniteError(f"gradient norm of the '{self.name}' problem", norm.item(), self._global_step, "phase 1 (BLO)")
@@ -100,22 +109,19 @@ class TaskWeights(BloProblem, ImplicitProblem):
 
     weight_decay: AdamW decay on matrices (not on biases and LayerNorms); the groups are handed to
     Betty through param_groups(), which Betty otherwise drops when it rebuilds the optimizer.
-    example_weights: name of a problem whose module maps example ids to loss weights (three levels).
+    shaped_by: names of the problems above whose shape_lower_loss changes this loss (three levels:
+    ("data",), the per-example weights); engine.build_engine sets it from the levels' declarations.
     """
 
     def __init__(self, name, config, module, optimizer, scheduler=None, train_data_loader=None, *,
-                 weight_decay: float = 0.01, lr: float | None = None, example_weights: str | None = None):
+                 weight_decay: float = 0.01, lr: float | None = None, shaped_by=()):
         super().__init__(name, config, module, optimizer, scheduler, train_data_loader)
         self.weight_decay = weight_decay
         self.lr = lr if lr is not None else optimizer.defaults["lr"]
-        self.example_weights = example_weights
+        self.shaped_by = tuple(shaped_by)
 
     def training_step(self, batch):
-        losses = per_example_loss(self.module, batch)
-        if self.example_weights is None:
-            return losses.mean()
-        weights = getattr(self, self.example_weights).module(batch["idx"])
-        return (weights * losses).sum() / weights.sum().clamp_min(1e-12)
+        return self.shaped_loss(batch, per_example_loss(self.module, batch))
 
     def trainable_parameters(self):
         return [p for p in self.module.parameters() if p.requires_grad]
@@ -182,10 +188,10 @@ class MixupAttention(SingleBackwardUpper):
     """
 
     def training_step(self, batch):
-        return per_example_loss(self.module.model, batch).mean()
+        return self.shaped_loss(batch, per_example_loss(self.module.model, batch))
 
     def param_callback(self):
-        from .logs import current
+        from ..logs import current
 
         self.module.project_()
         log = current()
@@ -250,4 +256,9 @@ class DataWeighting(SingleBackwardUpper):
         self.model = model
 
     def training_step(self, batch):
-        return per_example_loss(self.model, batch).mean()
+        return self.shaped_loss(batch, per_example_loss(self.model, batch))
+
+    def shape_lower_loss(self, lower, batch, losses, loss):
+        """The lower level's loss: its per-example losses weighted by these weights (normalised)."""
+        weights = self.module(batch["idx"])
+        return (weights * losses).sum() / weights.sum().clamp_min(1e-12)

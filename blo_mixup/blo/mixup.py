@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import UserError, unknown_choice
+from ..errors import UserError, unknown_choice
 
 try:  # GPT-2 style layers: a Linear whose weight is stored transposed, (in, out)
     from transformers.pytorch_utils import Conv1D

@@ -16,12 +16,13 @@ import torch
 from betty.configs import Config, EngineConfig
 from betty.engine import Engine
 
-from .checkpoint import stop_at_next_step, stop_requested
-from .distributed import world_size
-from .errors import UserError
-from .hypergradients import hypergradient_config
-from .training import default_param_groups, progress_bar
+from ..checkpoint import stop_at_next_step, stop_requested
+from ..distributed import world_size
+from ..errors import UserError
+from .hypergradients import hypergradient_config, parse_options
+from .levels import Level, LevelContext, dependencies, graph_levels, level_names, readers, register_level
 from .problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
+from ..training import default_param_groups, progress_bar
 
 
 @dataclass
@@ -41,7 +42,9 @@ class BLOSettings:
     lower_clip: float = 5.0
     upper_lr: float = 2e-3
     upper_warmup_ratio: float = 0.1
-    levels: int = 2
+    levels: int = 2  # 3: add the "data" level
+    add_levels: str | tuple | None = None  # registered levels to add on top (levels.py), e.g. "data"
+    level_options: dict | str | None = None  # handed to the added levels' build functions (LevelContext.options)
     data_weight_lr: float = 1e-2
     skip_nonfinite: int = 0  # updates with a NaN/Inf gradient that may be skipped (then: stop)
     extra: dict = field(default_factory=dict)
@@ -127,7 +130,7 @@ class ProgressEngine(Engine):
                 "loaders": {name: loader.state_dict() for name, loader in self.loaders.items()}}
 
     def load_training_state(self, state: dict) -> None:
-        from .checkpoint import restore_rng
+        from ..checkpoint import restore_rng
 
         for problem in self.problems:
             saved = state["problems"][problem.name]
@@ -151,64 +154,117 @@ def three_level_dependencies(bottom, middle, top) -> tuple[dict, dict]:
         [top, bottom, top]          dL/dW . dW*/dlambda               (lambda moves W, W moves the loss)
         [top, middle, bottom, top]  dL/dA . dA*/dW . dW*/dlambda      (... and W moves A's update)
     Without the l2u edge bottom -> top the top gets the second path only, and the first, main, term is
-    lost (docs/three-levels.md). The bottom steps first, then the middle, then the top.
+    lost (docs/three-levels.md). The bottom steps first, then the middle, then the top. It is what
+    levels.dependencies makes of the declarations of "weights", "attention" and "data" below.
     """
     return {middle: [bottom], top: [bottom]}, {bottom: [middle, top], middle: [top]}
 
 
-def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, device: str, train_iters: int,
-                 d1_ids=None, top_loader=None) -> ProgressEngine:
-    """The Betty graph: u2l {attention: [weights]}, l2u {weights: [attention]}; with settings.levels == 3
-    a data-weighting node on top (three_level_dependencies), whose ids are d1_ids (D1's 'idx' column)."""
-    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+# ------------------------------------------------------------------------------ the built-in levels
 
-    quiet_betty()
-    upper_steps = max(1, train_iters // settings.unroll_steps)
+
+def _build_weights(ctx: LevelContext, config) -> TaskWeights:
+    s = ctx.settings
     # Built on the same groups TaskWeights.param_groups() hands Betty, so the scheduler's per-group
     # lambdas survive Betty's rebuild of optimizer and scheduler.
-    lower_groups = default_param_groups(model.named_parameters(), settings.lower_weight_decay, settings.lower_lr)
-    lower_optimizer = adam(lower_groups, settings.lower_lr, settings.lower_weight_decay)
-    lower_scheduler = get_linear_schedule_with_warmup(
-        lower_optimizer, int(settings.lower_warmup_ratio * train_iters), train_iters)
-    lower_config = hypergradient_config(
-        settings.hypergradient, iterations=settings.hypergradient_iterations, alpha=settings.hypergradient_alpha,
-        radius=settings.hypergradient_radius, options=settings.hypergradient_options, unroll_steps=settings.unroll_steps,
-        gradient_clipping=settings.lower_clip)
-    upper_optimizer = adam(mixup.parameters(), settings.upper_lr, 0.0)
-    upper_scheduler = get_cosine_schedule_with_warmup(
-        upper_optimizer, int(settings.upper_warmup_ratio * upper_steps), upper_steps)
+    from transformers import get_linear_schedule_with_warmup
 
-    three_levels = settings.levels == 3
-    weights = TaskWeights("weights", lower_config, model, lower_optimizer, lower_scheduler, d1_loader,
-                          weight_decay=settings.lower_weight_decay, lr=settings.lower_lr,
-                          example_weights="data" if three_levels else None)
-    # In three levels the attention is also a lower problem (of the data weights): its Config then
-    # carries the hypergradient used through it. A finite difference is the only kind Betty allows
-    # there; darts-plain (identity, a unit step) is the form checked against unrolled finite
-    # differences (docs/three-levels.md), and it does not depend on the attention optimizer's state.
-    attention_config = (hypergradient_config("darts-plain", retain_graph=True, first_order=True) if three_levels
-                        else upper_config())
-    attention = MixupAttention("attention", attention_config, mixup, upper_optimizer, upper_scheduler, d2_loader)
-    problems = [weights, attention]
-    u2l = {attention: [weights]}
-    l2u = {weights: [attention]}
-    if three_levels:
-        if d1_ids is None:
-            raise ValueError("three levels need d1_ids, the ids ('idx' column) of the D1 examples")
-        example_weights = ExampleWeights(len(d1_ids), ids=d1_ids)
-        data_optimizer = adam(example_weights.parameters(), settings.data_weight_lr, 0.0)
-        data = DataWeighting("data", upper_config(), example_weights, data_optimizer, None, top_loader or d2_loader, model=model)
-        problems.append(data)
-        u2l, l2u = three_level_dependencies(weights, attention, data)
-    for problem in problems:
+    groups = default_param_groups(ctx.model.named_parameters(), s.lower_weight_decay, s.lower_lr)
+    optimizer = adam(groups, s.lower_lr, s.lower_weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(s.lower_warmup_ratio * ctx.train_iters), ctx.train_iters)
+    return TaskWeights("weights", config, ctx.model, optimizer, scheduler, ctx.loaders["d1"],
+                       weight_decay=s.lower_weight_decay, lr=s.lower_lr)
+
+
+def _build_attention(ctx: LevelContext, config) -> MixupAttention:
+    from transformers import get_cosine_schedule_with_warmup
+
+    s = ctx.settings
+    optimizer = adam(ctx.mixup.parameters(), s.upper_lr, 0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(s.upper_warmup_ratio * ctx.upper_steps), ctx.upper_steps)
+    return MixupAttention("attention", config, ctx.mixup, optimizer, scheduler, ctx.loaders["d2"])
+
+
+def _build_data(ctx: LevelContext, config) -> DataWeighting:
+    if ctx.d1_ids is None:
+        raise ValueError("three levels need d1_ids, the ids ('idx' column) of the D1 examples")
+    example_weights = ExampleWeights(len(ctx.d1_ids), ids=ctx.d1_ids)
+    optimizer = adam(example_weights.parameters(), ctx.settings.data_weight_lr, 0.0)
+    return DataWeighting("data", config, example_weights, optimizer, None, ctx.loaders["top"], model=ctx.model)
+
+
+def _data_stats(problem) -> dict:
+    """Every D1 example's learned weight by its dataset id (JSON keys: strings), and a summary."""
+    example_weights = problem.module
+    values = example_weights.weights().detach()
+    return {"example_weights": {"mean": float(values.mean()), "std": float(values.std()),
+                                "min": float(values.min()), "max": float(values.max()),
+                                "by_id": {i: float(w) for i, w in zip(example_weights.ids, values.tolist())}}}
+
+
+register_level("weights", _build_weights, summary="the task weights W on D1 (lower level)", replace=True)
+register_level("attention", _build_attention, above=("weights",), reads=("weights",), replace=True,
+               summary="the attention A on D2, through the hypergradient (upper level)")
+register_level("data", _build_data, above=("weights",), reads=("weights", "attention"), stats=_data_stats, replace=True,
+               summary="one learned weight per D1 example, scaling the task weights' loss (--levels 3; docs/three-levels.md)")
+
+
+def added_levels(settings: BLOSettings) -> tuple[str, ...]:
+    """The levels on top of weights and attention: --add-levels, and "data" for --levels 3."""
+    added = level_names(settings.add_levels)
+    return added + ("data",) if settings.levels == 3 and "data" not in added else added
+
+
+def level_config(level: Level, read_by: dict, settings: BLOSettings):
+    """A level's Betty Config from its place in the graph: Betty reads the hypergradient of an edge on
+    its LOWER problem, so a level that others read carries one; the top levels do not."""
+    if level.name == "weights":
+        return hypergradient_config(
+            settings.hypergradient, iterations=settings.hypergradient_iterations, alpha=settings.hypergradient_alpha,
+            radius=settings.hypergradient_radius, options=settings.hypergradient_options,
+            unroll_steps=settings.unroll_steps, gradient_clipping=settings.lower_clip)
+    if read_by[level.name]:
+        # A level in the middle (the attention under "data"): a finite difference is the only kind Betty
+        # allows there; darts-plain (identity, a unit step) is the form checked against unrolled finite
+        # differences (docs/three-levels.md), and it does not depend on this level's optimizer state.
+        return hypergradient_config("darts-plain", retain_graph=True, first_order=True)
+    return upper_config()
+
+
+def build_engine(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, device: str, train_iters: int,
+                 d1_ids=None, top_loader=None) -> ProgressEngine:
+    """The Betty graph from the levels' declarations (levels.py): weights and attention, then the added
+    ones (settings.add_levels; --levels 3 adds "data", whose ids are d1_ids, D1's 'idx' column). Added
+    levels read `top_loader` (default: D2's loader)."""
+    quiet_betty()
+    levels = graph_levels(added_levels(settings))
+    ctx = LevelContext(model=model, mixup=mixup, settings=settings, train_iters=train_iters,
+                       upper_steps=max(1, train_iters // settings.unroll_steps), device=device, d1_ids=d1_ids,
+                       loaders={"d1": d1_loader, "d2": d2_loader, "top": top_loader or d2_loader},
+                       options=parse_options(settings.level_options))
+    read_by = readers(levels)
+    problems = {}
+    for level in levels:
+        problem = level.build(ctx, level_config(level, read_by, settings))
+        if getattr(problem, "name", None) != level.name:
+            raise UserError(f"level '{level.name}': its build function returned {type(problem).__name__} named "
+                            f"{getattr(problem, 'name', None)!r}; name the Problem '{level.name}'")
+        problems[level.name] = problem
+    for level in levels:  # the levels above a node that change its loss (shape_lower_loss), in order
+        for lower in level.above:
+            if hasattr(problems[level.name], "shape_lower_loss"):
+                problems[lower].shaped_by = [*getattr(problems[lower], "shaped_by", ()), level.name]
+    for problem in problems.values():
         problem.skip_nonfinite = settings.skip_nonfinite
+    u2l, l2u = dependencies(levels, problems)
     engine = ProgressEngine(
-        problems=problems,
+        problems=list(problems.values()),
         config=EngineConfig(train_iters=train_iters, logger_type="none",
                             strategy="distributed" if world_size() > 1 else "gpu" if device.startswith("cuda") else "cpu"),
         device=device,
         dependencies={"u2l": u2l, "l2u": l2u},
     )
+    engine.levels = levels
     return engine
 
 
@@ -241,13 +297,9 @@ def run_phase1(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, dev
         finally:
             engine.progress.close()
         stats = {"lower_steps": train_iters, "upper_steps": train_iters // settings.unroll_steps}
-        if settings.levels == 3:
-            example_weights = engine.data.module
-            values = example_weights.weights().detach()
-            # Every D1 example's learned weight by its dataset id (JSON keys: strings), and a summary.
-            stats["example_weights"] = {"mean": float(values.mean()), "std": float(values.std()),
-                                        "min": float(values.min()), "max": float(values.max()),
-                                        "by_id": {i: float(w) for i, w in zip(example_weights.ids, values.tolist())}}
+        for level in engine.levels:
+            if level.stats is not None:
+                stats.update(level.stats(getattr(engine, level.name)))
         if stage is not None:
             stage.finish(model, mixup, stats)
     return stats
