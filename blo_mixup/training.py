@@ -110,11 +110,6 @@ class NonFiniteError(UserError):
         super().__init__(f"the {what} became {value} at step {step} of {stage}")
 
 
-def check_finite(loss, step: int, where: str = "training") -> None:
-    if not torch.isfinite(loss).all():
-        raise NonFiniteError(f"{where} loss", loss.item(), step, where)
-
-
 def iterate_batches(loader, total_steps: int, start: int = 0):
     """Yield (step, batch) for steps start+1 .. total_steps, re-iterating the loader per epoch."""
     step = start
@@ -126,36 +121,93 @@ def iterate_batches(loader, total_steps: int, start: int = 0):
                 return
 
 
+def iterate_full_batches(loader, total_steps: int, start: int = 0):
+    """Yield (step, every batch of one epoch) for steps start+1 .. total_steps: one step per epoch."""
+    step = start
+    while step < total_steps:
+        chunks = list(loader)
+        if chunks:  # empty: a resumed loader replaying the epoch the last saved step used up
+            step += 1
+            yield step, chunks
+
+
 @dataclass
 class Optimization:
-    """An optimizer over a method's parameter groups, its linear warmup schedule, and clipping."""
+    """The method's optimizers (Method.optimizers; default one AdamW), their schedule (None: constant
+    learning rates) and clipping."""
 
-    optimizer: torch.optim.Optimizer
+    optimizers: list
     scheduler: Any
     params: list
     max_grad_norm: float
     skipped: int = 0  # steps skipped for a NaN/Inf loss or gradient (--skip-nonfinite)
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The first optimizer (for most methods, the only one)."""
+        return self.optimizers[0]
+
     @classmethod
     def build(cls, model, method, ctx: RunContext, *, lr: float, total_steps: int, max_grad_norm: float):
-        optimizer = torch.optim.AdamW(method.param_groups(model, ctx, lr), lr=lr)
-        scheduler = linear_schedule(optimizer, total_steps, ctx.run.warmup_ratio)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        return cls(optimizer, scheduler, params, max_grad_norm)
+        optimizers, scheduler = method.optimizers(model, ctx, lr, total_steps)
+        params = [p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]]
+        return cls(list(optimizers), scheduler, params, max_grad_norm)
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def schedule_step(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        # "optimizer" holds the first one, as checkpoints did before methods could have several
+        return {"optimizer": self.optimizer.state_dict(), "more_optimizers": [o.state_dict() for o in self.optimizers[1:]],
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        for optimizer, saved in zip(self.optimizers[1:], state.get("more_optimizers", [])):
+            optimizer.load_state_dict(saved)
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
-def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: Optimization,
+def backward_chunks(model, method, ctx: RunContext, chunks: list[dict]) -> torch.Tensor:
+    """Backpropagate the loss of `chunks` taken as one batch, chunk by chunk: each chunk's mean loss is
+    weighted by its share of the rows (on several processes, of every process's rows, so that the summed
+    gradients are the whole batch's). Returns the weighted loss of this process's chunks."""
+    from .distributed import all_reduce_weighted, share_of
+
+    rows = [len(chunk["labels"]) if share_of(chunk) > 0 else 0 for chunk in chunks]
+    total = all_reduce_weighted([torch.tensor(float(sum(rows)))], 1.0)[0].item()
+    value = 0.0
+    for chunk, n in zip(chunks, rows):
+        loss = method.loss(model, chunk, ctx) * (n / total)
+        loss.backward()
+        value += loss.item()
+    return torch.tensor(value, dtype=torch.float64)  # the sum in double, as a Python float would be
+
+
+def training_step(model, method, ctx: RunContext, batch, step: int, opt: Optimization,
                   stage: str = "training") -> float | None:
     """One optimizer step through the method's hooks; returns the loss (None: step skipped).
 
-    On several processes the gradients (and the loss) become the global batch's (distributed.py).
+    `batch`: one batch, or a list of batches whose gradients are accumulated into one step (full-batch
+    training). On several processes the gradients (and the loss) become the global batch's (distributed.py).
     """
     from .distributed import average_gradients, share_of, world_size
 
-    loss = method.loss(model, batch, ctx)
-    loss.backward()
+    method.prepare_step(model, step, ctx)
+    if isinstance(batch, list):
+        loss, share = backward_chunks(model, method, ctx, batch), 1.0  # chunks weighted already: sum them
+    else:
+        loss, share = method.loss(model, batch, ctx), share_of(batch)
+        loss.backward()
     if world_size() > 1:  # every process joins the all-reduce, NaN or not, and so decides alike
-        loss = average_gradients(opt.params, share_of(batch), loss)
+        # frozen parameters (e.g. PAC-tuning's noise in stage 2) stay without a gradient
+        loss = average_gradients([p for p in opt.params if p.requires_grad], share, loss.float())
     if not torch.isfinite(loss):
         return skip_nonfinite(ctx, opt, NonFiniteError("training loss", loss.item(), step, stage))
     if opt.max_grad_norm > 0:
@@ -163,9 +215,10 @@ def training_step(model, method, ctx: RunContext, batch: dict, step: int, opt: O
         if not torch.isfinite(norm):
             return skip_nonfinite(ctx, opt, NonFiniteError("gradient norm", norm.item(), step, stage))
     method.before_optimizer_step(model, step, ctx)
-    opt.optimizer.step()
-    opt.scheduler.step()
-    opt.optimizer.zero_grad(set_to_none=True)
+    for optimizer in opt.optimizers:
+        optimizer.step()
+    opt.schedule_step()
+    opt.zero_grad()
     method.after_optimizer_step(model, step, ctx)
     return loss.item()
 
@@ -190,17 +243,22 @@ def skip_nonfinite(ctx: RunContext, opt: Optimization, error: NonFiniteError) ->
     opt.skipped += 1
     if opt.skipped > getattr(ctx.run, "skip_nonfinite", 0):
         raise error
-    opt.optimizer.zero_grad(set_to_none=True)
-    opt.scheduler.step()
+    opt.zero_grad()
+    opt.schedule_step()
     tqdm.write(f"skipped: {error} ({opt.skipped} of at most {ctx.run.skip_nonfinite})")
     return None
 
 
 def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr: float, max_grad_norm: float | None = None,
-               desc: str = "train", steps: int | None = None) -> dict[str, Any]:
-    """Fine-tune `model` on `train_data` with AdamW and a linear warmup schedule, through `method`'s hooks.
+               desc: str = "train", steps: int | None = None, seed_offset: int = 0, eval_every: int = 0,
+               full_batch: bool = False) -> dict[str, Any]:
+    """Fine-tune `model` on `train_data` through `method`'s hooks: its optimizers (default AdamW with a
+    linear warmup schedule), its loss, and what it does around each step.
 
-    `steps` (optional) sets the number of optimizer steps instead of `epochs`.
+    `steps` (optional) sets the number of optimizer steps instead of `epochs`. `seed_offset` picks the
+    data order (ctx.loader). `eval_every` > 0: call method.evaluate_and_stop every that many steps and
+    after the last one; it may end training early. `full_batch`: each step accumulates the gradients of
+    one whole epoch, batch by batch (one step per epoch; `epochs` rounds to whole steps).
 
     One checkpoint stage (checkpoint.py): saves every --save-steps steps; on --resume it continues
     from the last save, or returns at once (with the saved end state) if it had finished.
@@ -210,42 +268,47 @@ def train_loop(model, method, ctx: RunContext, train_data, *, epochs: float, lr:
 
     log, tag = current(), stage_tag(desc)
 
-    total_steps = steps or steps_for(len(train_data), ctx.run.batch_size, epochs)
+    total_steps = steps or (max(1, round(epochs)) if full_batch else steps_for(len(train_data), ctx.run.batch_size, epochs))
     opt = Optimization.build(model, method, ctx, lr=lr, total_steps=total_steps,
                              max_grad_norm=ctx.run.max_grad_norm if max_grad_norm is None else max_grad_norm)
     model.to(ctx.device).train()
     stage = stage_for(ctx, desc)
     if stage.finished:
         return stage.restore_finished(model, method)
-    loader = ctx.train_loader(train_data)
+    loader = ctx.train_loader(train_data, seed_offset=seed_offset)
     start_step, losses, elapsed = 0, [], 0.0
     if stage.state is not None:  # --resume: continue from the last save
         state = stage.state
         method.load_state_dict(state["method"])  # first: it may reshape buffers of the model
         model.load_state_dict(state["model"])
-        opt.optimizer.load_state_dict(state["optimizer"])
-        opt.scheduler.load_state_dict(state["scheduler"])
+        opt.load_state_dict(state)
         loader.load_state_dict(state["loader"])
         start_step, losses, elapsed, opt.skipped = state["step"], state["losses"], state["elapsed"], state["skipped"]
         restore_rng(state["rng"])
     start = time.perf_counter()
     progress = progress_bar(total_steps, start_step, desc)
+    batches = (iterate_full_batches if full_batch else iterate_batches)(loader, total_steps, start=start_step)
+    last_step = start_step
     with stop_at_next_step(stage):
-        for step, batch in iterate_batches(loader, total_steps, start=start_step):
-            loss = training_step(model, method, ctx, to_device(batch, ctx.device), step, opt, desc)
+        for step, batch in batches:
+            batch = [to_device(b, ctx.device) for b in batch] if full_batch else to_device(batch, ctx.device)
+            loss = training_step(model, method, ctx, batch, step, opt, desc)
+            last_step = step
             if loss is not None:
                 losses.append(loss)
                 progress.set_postfix(loss=f"{loss:.4f}")
                 log.scalar(f"{tag}/loss", loss, step)
-                log.scalar(f"{tag}/lr", opt.scheduler.get_last_lr()[0], step)
+                log.scalar(f"{tag}/lr", opt.optimizer.param_groups[0]["lr"], step)
             progress.update(1)
+            if eval_every and (step % eval_every == 0 or step == total_steps) and method.evaluate_and_stop(model, step, ctx):
+                break  # the method asked to stop (early stopping): the stage ends here
             if stage.due(step) and step < total_steps:
-                stage.save(step, model=model.state_dict(), method=method.state_dict(), optimizer=opt.optimizer.state_dict(),
-                           scheduler=opt.scheduler.state_dict(), loader=loader.state_dict(), losses=losses,
-                           elapsed=elapsed + time.perf_counter() - start, skipped=opt.skipped)
+                stage.save(step, model=model.state_dict(), method=method.state_dict(), **opt.state_dict(),
+                           loader=loader.state_dict(), losses=losses, elapsed=elapsed + time.perf_counter() - start,
+                           skipped=opt.skipped)
         progress.close()
         tail = losses[-max(1, len(losses) // 10):] or [math.nan]
-        stats = {"steps": total_steps, "train_time_s": elapsed + time.perf_counter() - start,
+        stats = {"steps": last_step, "train_time_s": elapsed + time.perf_counter() - start,
                  "final_train_loss": sum(tail) / len(tail)}
         if opt.skipped:
             stats["skipped_steps"] = opt.skipped

@@ -309,6 +309,12 @@ def test_pac_k_estimate_and_table():
 
 
 def test_pac_stage_two_freezes_noise_and_prior_while_theta_moves():
+    """PAC-tuning's hooks in the shared loop's step (training.training_step): stage 1 learns theta, xi and
+    b; from step stage1_steps + 1 on, xi and b stay put while theta moves, for one batch or a full batch."""
+    from types import SimpleNamespace
+
+    from blo_mixup.training import Optimization, training_step
+
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     method = pac_tuning.PacTuning()
@@ -318,21 +324,47 @@ def test_pac_stage_two_freezes_noise_and_prior_while_theta_moves():
                                     k_values=[0.01 * i for i in range(1, 9)], backbone_lr=5e-5, head_lr=1e-2,
                                     noise_lr=0.1, weight_decay=0.01)
     assert trainer.kl().item() == pytest.approx(0.0, abs=1e-3)  # prior = posterior scale at the start
+    method.trainer, method.stage1_steps, method.after_stage1 = trainer, 2, None
+    ctx = SimpleNamespace(run=SimpleNamespace(skip_nonfinite=0))
+    opt = Optimization.build(model, method, ctx, lr=1e-5, total_steps=4, max_grad_norm=0.0)
+    assert opt.scheduler is None and len(opt.optimizers) == 2
     batches = [tiny_batch(seed=1), tiny_batch(seed=2)]
 
     def snapshot():
         return ([x.detach().clone() for x in trainer.xi], trainer.b.detach().clone(), [t.detach().clone() for t in trainer.theta])
 
     xi0, b0, _ = snapshot()
-    trainer.step(batches[:1], stage1=True)
-    trainer.step(batches[1:], stage1=True)
+    training_step(model, method, ctx, batches[0], 1, opt)
+    training_step(model, method, ctx, batches[1], 2, opt)
     xi1, b1, theta1 = snapshot()
     assert not torch.equal(b0, b1) and any(not torch.equal(a, c) for a, c in zip(xi0, xi1))  # stage 1 learns them
-    trainer.step(batches, stage1=False)  # a full-batch step made of two chunks
-    trainer.step(batches[:1], stage1=False)
+    training_step(model, method, ctx, batches, 3, opt)  # a full-batch step made of two chunks
+    training_step(model, method, ctx, batches[0], 4, opt)
     xi2, b2, theta2 = snapshot()
     assert torch.equal(b1, b2) and all(torch.equal(a, c) for a, c in zip(xi1, xi2))
     assert any(not torch.equal(a, c) for a, c in zip(theta1, theta2))
+    assert method.after_stage1 is not None
+
+
+def test_pac_full_batch_step_is_the_whole_batchs_gradient():
+    """Chunks weighted by their rows add up to the gradient of the loss of all their rows at once."""
+    from types import SimpleNamespace
+
+    from blo_mixup.training import backward_chunks
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    method = get_method("vanilla")()
+    whole = tiny_batch(n=7, seed=3)
+    chunks = [{k: v[:4] for k, v in whole.items()}, {k: v[4:] for k, v in whole.items()}]
+    loss = backward_chunks(model, method, SimpleNamespace(), chunks)
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    expected = model(**whole).loss
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    for g, p in zip(grads, [p for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_pac_tuning_runs_end_to_end(glue_dir, tiny_bert_dir, tmp_path):

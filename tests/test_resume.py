@@ -19,7 +19,10 @@ from blo_mixup.cli import main
 from test_cli import assert_one_line_error, finetune_args, run_main
 
 # Steps of the tiny runs below: 32 examples, batch 8, 2 epochs = 8 shared-loop steps; blo-mixup:
-# phase 1 = 2 epochs over D1 (26 examples: 4 steps each), then phase 2 = 8 steps.
+# phase 1 = 2 epochs over D1 (26 examples: 4 steps each), then phase 2 = 8 steps; FTFT: 8 steps of the
+# reference model, then at most 8 of the main model; PAC-tuning: 12 steps, stage 2 from step 7 (full
+# batch: 8 steps of 4 chunks, stage 2 from step 5).
+PAC = ["--method", "pac-tuning", "--pac-stage1-fraction", "0.5", "--pac-k-models", "2", "--pac-k-examples", "8"]
 CASES = {
     "vanilla": [],
     "mixout": ["--method", "mixout"],
@@ -32,7 +35,12 @@ CASES = {
     "blo-mixup-unroll2-neumann": ["--method", "blo-mixup", "--unroll-steps", "2", "--hypergradient", "neumann"],
     "blo-mixup-3-levels": ["--method", "blo-mixup", "--levels", "3"],
     "blo-mixup-2-folds": ["--method", "blo-mixup", "--folds", "2", "--phase2-epochs", "1"],
+    "pac-tuning": [*PAC, "--pac-epochs", "3"],
+    "pac-tuning-full-batch": [*PAC, "--pac-epochs", "8", "--pac-full-batch"],
 }
+# The training steps (counted over the whole run) at whose start a run is killed: between saves, in the
+# first stage, then in the next stage or, for PAC-tuning, in stage 2 (after a save in stage 2).
+CRASHES = {"blo-mixup": (5, 11), "pac-tuning": (5, 11), "pac-tuning-full-batch": (5, 8)}
 
 
 def args_for(glue_dir, model_dir, out, extra):
@@ -46,7 +54,7 @@ def comparable(run_dir: Path) -> tuple[dict, dict]:
 
     def strip(value):
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not k.endswith("time_s") and k not in ("output_dir", "environment", "resume")}
+            return {k: strip(v) for k, v in value.items() if not k.endswith(("time_s", "estimation_s")) and k not in ("output_dir", "environment", "resume")}
         return value
 
     return strip(results), load_file(run_dir / "model" / "model.safetensors")
@@ -88,13 +96,14 @@ def crash_at(monkeypatch, n: int, action=killed) -> None:
     monkeypatch.setattr(engine_module.ProgressEngine, "train_step", engine_step)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "pac-tuning-full-batch" else c
+                                  for c in CASES])  # full batch: 4 chunks a step, about 50 s
 def test_resume_after_a_crash_gives_the_same_run(case, glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
     extra = CASES[case]
     assert main(args_for(glue_dir, tiny_bert_dir, tmp_path / "whole", extra)) == 0
     assert not (tmp_path / "whole" / "checkpoints").exists()  # removed once the run is complete
     # A crash between saves: in the first stage, then (blo-mixup) in phase 2 or the second fold.
-    for n in (5, 11) if case.startswith("blo-mixup") else (5,):
+    for n in CRASHES.get(case, CRASHES["blo-mixup"] if case.startswith("blo-mixup") else (5,)):
         out = tmp_path / f"crashed-{n}"
         with monkeypatch.context() as patch:
             crash_at(patch, n)
@@ -103,6 +112,37 @@ def test_resume_after_a_crash_gives_the_same_run(case, glue_dir, tiny_bert_dir, 
         assert list((out / "checkpoints").glob("stage*.pt")) and not (out / "results.json").exists()
         assert main(args_for(glue_dir, tiny_bert_dir, out, extra) + ["--resume"]) == 0
         assert_same_run(tmp_path / "whole", out)
+
+
+def test_ftft_killed_after_a_best_evaluation_resumes_to_the_same_run(glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    """FTFT's main model, evaluated every step: the best score at step 2, saved with the early stopping's
+    state at step 3, killed at step 5; the resumed run stops early at step 6 (patience 4) and ends with
+    the step-2 weights that only the checkpoint had kept."""
+    from blo_mixup.methods import ftft
+
+    extra = ["--method", "ftft", "--ftft-eval-every", "1", "--ftft-patience", "4"]
+    at = {}
+    evaluate = ftft.Ftft.evaluate_and_stop
+
+    def evaluate_at(self, model, step, ctx):
+        at["step"] = step
+        return evaluate(self, model, step, ctx)
+
+    # held-out scores by step, so that the best and the stop fall where this test needs them
+    monkeypatch.setattr(ftft.Ftft, "evaluate_and_stop", evaluate_at)
+    monkeypatch.setattr(ftft, "holdout_score", lambda model, ctx, data: 0.9 if at["step"] == 2 else 0.5)
+    assert main(args_for(glue_dir, tiny_bert_dir, tmp_path / "whole", extra)) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())["ftft"]["main"]
+    assert (whole["best_step"], whole["steps"], whole["stopped_early"]) == (2, 6, True)
+    out = tmp_path / "crashed"
+    with monkeypatch.context() as patch:
+        crash_at(patch, 8 + 5)  # after the reference model's 8 steps: main step 5
+        with pytest.raises(SystemExit):
+            main(args_for(glue_dir, tiny_bert_dir, out, extra))
+    saved = torch.load(out / "checkpoints" / "stage1.pt", weights_only=False)
+    assert saved["step"] == 3 and saved["method"]["best_step"] == 2 and saved["method"]["best_state"] is not None
+    assert main(args_for(glue_dir, tiny_bert_dir, out, extra) + ["--resume"]) == 0
+    assert_same_run(tmp_path / "whole", out)
 
 
 def test_kill_9_then_resume(glue_dir, tiny_bert_dir, tmp_path):
@@ -188,6 +228,36 @@ def test_nan_names_the_step_and_the_last_checkpoint(glue_dir, tiny_bert_dir, tmp
     result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, []))
     assert_one_line_error(result, "loss became nan at step 5", "stage0.pt", "step 3", "--lr", "--skip-nonfinite")
     result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, ["--resume", "--skip-nonfinite", 1]))
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["skipped_steps"] == 1
+
+
+@pytest.mark.parametrize("case", ["ftft", "pac-tuning"])
+def test_nan_stops_or_is_skipped_in_ftft_and_pac_tuning(case, glue_dir, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    """The same in FTFT's main model and in PAC-tuning's stage 1: a NaN loss at step 5 stops the run with
+    the last good checkpoint; --resume --skip-nonfinite 1 skips that step."""
+    from blo_mixup.methods import pac_tuning
+
+    owner, name = (training_module, "model_loss") if case == "ftft" else (pac_tuning.PacTrainer, "perturbed_loss")
+    original = getattr(owner, name)
+    calls, poisoned = {"n": 0}, {}
+
+    def loss_nan_at_step_5(*args):
+        batch = args[1]  # model_loss(model, batch), perturbed_loss(trainer, batch, eps)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            poisoned["ids"] = batch["idx"].tolist()
+        loss = original(*args)
+        return loss * float("nan") if batch["idx"].tolist() == poisoned.get("ids") else loss
+
+    monkeypatch.setattr(owner, name, loss_nan_at_step_5)
+    out = tmp_path / "out"
+    extra = [*CASES[case], "--ftft-patience", "8"] if case == "ftft" else CASES[case]  # FTFT: no early stop before step 5
+    stage = "stage1.pt" if case == "ftft" else "stage0.pt"  # FTFT: stage0 is the reference model
+    result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, extra))
+    assert_one_line_error(result, "loss became nan at step 5", stage, "step 3", "--skip-nonfinite")
+    result = run_main(capsys, *args_for(glue_dir, tiny_bert_dir, out, [*extra, "--resume", "--skip-nonfinite", 1]))
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["training"]["skipped_steps"] == 1

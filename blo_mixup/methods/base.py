@@ -3,8 +3,11 @@
 A method is a class with an options dataclass (its flags and config-file keys) and hooks into the
 shared training loop (training.train_loop). The loop never branches on a method's name: a method that
 changes the loss overrides `loss`, one that masks gradients overrides `before_optimizer_step`, one that
-changes the model overrides `prepare_model`, one that picks data overrides `training_data`, and one
-whose training is not a single loop at all (the bi-level core method, FTFT's two models) overrides `fit`.
+changes the model overrides `prepare_model`, one that picks data overrides `training_data`, one with
+optimizers of its own (PAC-tuning's weights and noise) overrides `optimizers` and `prepare_step`, one that
+evaluates while it trains (FTFT's early stopping) overrides `evaluate_and_stop`, and one whose training is
+more than one loop (the bi-level core method, FTFT's reference model, PAC-tuning's K table) overrides
+`fit`, which calls train_loop for its loops.
 """
 
 from __future__ import annotations
@@ -56,7 +59,24 @@ class Method:
 
         return default_param_groups(model.named_parameters(), ctx.run.weight_decay, lr)
 
+    def optimizers(self, model, ctx: RunContext, lr: float, total_steps: int) -> tuple[list, Any]:
+        """(optimizers, learning-rate scheduler or None) for a loop of `total_steps` steps. The loop steps
+        every optimizer after each step's backward (and the scheduler, if any), saves their states in
+        checkpoints and averages the gradients of all their parameters over processes. Default: AdamW
+        over `param_groups`, linear warmup and decay."""
+        import torch
+
+        from ..training import linear_schedule
+
+        optimizer = torch.optim.AdamW(self.param_groups(model, ctx, lr), lr=lr)
+        return [optimizer], linear_schedule(optimizer, total_steps, ctx.run.warmup_ratio)
+
     # --- inside the loop ------------------------------------------------------------------------
+    def prepare_step(self, model, step: int, ctx: RunContext) -> None:
+        """Called at the start of each optimizer step, before its first `loss` (per-step noise, a switch
+        of stage at a step count). What it sets must follow from `step` and the saved state, so that a
+        resumed run does the same."""
+
     def loss(self, model, batch: dict, ctx: RunContext):
         """Training loss of one batch (batch holds 'labels' and 'idx')."""
         from ..training import model_loss
@@ -68,6 +88,12 @@ class Method:
 
     def after_optimizer_step(self, model, step: int, ctx: RunContext) -> None:
         """Called after optimizer.step and the scheduler step."""
+
+    def evaluate_and_stop(self, model, step: int, ctx: RunContext) -> bool:
+        """Called every `eval_every` steps and after the last, when train_loop is given eval_every > 0
+        (FTFT's early stopping); True ends training there. What it keeps (best score, best weights) belongs
+        in state_dict, so that --resume continues after the last evaluation. Every process calls it."""
+        return False
 
     # --- the whole of training ------------------------------------------------------------------
     def fit(self, model, ctx: RunContext) -> dict[str, Any]:

@@ -7,7 +7,8 @@ A data-level method; the model is untouched (docs/methods.md):
 2. per example: confidence = mean over epochs, variability = std over epochs (a "data map");
 3. the main model is trained on the ambiguous third (the highest variability; or the hard-to-learn
    third, lowest confidence; or a random third) with frequent evaluation and early stopping (patience 2),
-   keeping the best evaluated weights.
+   keeping the best evaluated weights. Both run in the shared loop (training.train_loop): the
+   evaluations through the evaluate_and_stop hook, their state (best weights included) in checkpoints.
 
 Early stopping evaluates on held-out TRAINING examples, never on the GLUE dev set (the reported test
 set): by default the examples that were not selected, or a stratified split held out from the start.
@@ -103,11 +104,20 @@ class _DynamicsRecorder(Method):
         self.records = defaultdict(list, {int(k): list(v) for k, v in state["records"].items()})
 
     def loss(self, model, batch, ctx):
+        from ..distributed import share_of, world_size
         from ..training import model_inputs
 
         outputs = model(**model_inputs(batch))
         probabilities = gold_probability(outputs.logits.detach(), batch["labels"], self.regression)
-        for example_id, p in zip(batch["idx"].tolist(), probabilities.tolist()):
+        # a process whose slice is empty holds one stand-in example (share 0): not recorded
+        pairs = list(zip(batch["idx"].tolist(), probabilities.tolist())) if share_of(batch) > 0 else []
+        if world_size() > 1:  # every process records the whole global batch, in its order
+            import torch.distributed as dist
+
+            slices = [None] * world_size()
+            dist.all_gather_object(slices, pairs)
+            pairs = [pair for part in slices for pair in part]
+        for example_id, p in pairs:
             self.records[int(example_id)].append(p)
         return outputs.loss
 
@@ -147,39 +157,22 @@ def holdout_score(model, ctx, data) -> float:
 
 def train_with_early_stopping(model, method, ctx, train_data, holdout, *, max_steps: int, eval_every: int,
                               patience: int, lr: float) -> dict:
-    """AdamW with linear warmup/decay over max_steps, evaluating every eval_every steps; restores the best weights."""
-    from ..training import check_finite, iterate_batches, linear_schedule, to_device
+    """The shared loop (AdamW, linear warmup/decay over max_steps) with `method` (an Ftft) evaluating on
+    `holdout` every eval_every steps and stopping after `patience` evaluations without improvement;
+    restores the best evaluated weights."""
+    from ..training import train_loop
 
-    optimizer = torch.optim.AdamW(method.param_groups(model, ctx, lr), lr=lr)
-    scheduler = linear_schedule(optimizer, max_steps, ctx.run.warmup_ratio)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    stopper = EarlyStopping(patience)
-    best_state, history, losses, step = None, [], [], 0
-    model.to(ctx.device).train()
-    for step, batch in iterate_batches(ctx.loader(train_data, seed_offset=303), max_steps):
-        batch = to_device(batch, ctx.device)
-        loss = method.loss(model, batch, ctx)
-        check_finite(loss, step)
-        loss.backward()
-        if ctx.run.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, ctx.run.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % eval_every == 0 or step == max_steps:
-            score = holdout_score(model, ctx, holdout)
-            model.train()
-            history.append({"step": step, "score": score})
-            if stopper.update(score, step):
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if stopper.should_stop:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"steps": step, "max_steps": max_steps, "stopped_early": step < max_steps, "best_step": stopper.best_step,
-            "best_holdout_score": stopper.best, "evaluations": history, "final_train_loss": sum(tail) / len(tail)}
+    method.start_early_stopping(holdout, patience)
+    # seed_offset 303: the data order of FTFT's main model since its first version
+    stats = train_loop(model, method, ctx, train_data, epochs=ctx.run.epochs, lr=lr, steps=max_steps, seed_offset=303,
+                       eval_every=eval_every, desc="FTFT main")
+    if method.best_state is not None:
+        model.load_state_dict(method.best_state)
+    stopper = method.stopper
+    return {"steps": stats["steps"], "max_steps": max_steps, "stopped_early": stats["steps"] < max_steps,
+            "best_step": stopper.best_step, "best_holdout_score": stopper.best, "evaluations": method.evaluations,
+            "final_train_loss": stats["final_train_loss"],
+            **({"skipped_steps": stats["skipped_steps"]} if "skipped_steps" in stats else {})}
 
 
 # ------------------------------------------------------------------------------------------ the method
@@ -194,6 +187,28 @@ class Ftft(Method):
     def __init__(self, options=None, run=None):
         super().__init__(options, run)
         self.stats = {}
+        self.start_early_stopping(None, self.options.ftft_patience)
+
+    def start_early_stopping(self, holdout, patience: int) -> None:
+        self.holdout, self.stopper, self.evaluations, self.best_state = holdout, EarlyStopping(patience), [], None
+
+    def evaluate_and_stop(self, model, step, ctx):
+        score = holdout_score(model, ctx, self.holdout)
+        self.evaluations.append({"step": step, "score": score})
+        if self.stopper.update(score, step):
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return self.stopper.should_stop
+
+    def state_dict(self):
+        """The early stopping's state, the best weights included, so --resume goes on after the last evaluation."""
+        s = self.stopper
+        return {"best": s.best, "best_step": s.best_step, "bad_evaluations": s.bad_evaluations,
+                "evaluations": list(self.evaluations), "best_state": self.best_state}
+
+    def load_state_dict(self, state):
+        s = self.stopper
+        s.best, s.best_step, s.bad_evaluations = state["best"], state["best_step"], state["bad_evaluations"]
+        self.evaluations, self.best_state = list(state["evaluations"]), state["best_state"]
 
     def reference_dynamics(self, ctx, pool_raw) -> dict[int, list[float]]:
         """Fine-tune the reference model plainly on pool_raw; p(gold) per example id and epoch."""
@@ -251,7 +266,8 @@ class Ftft(Method):
                            "mean_confidence": float(confidence.mean()), "mean_variability": float(variability.mean()),
                            "selected_mean_variability": float(variability[np.isin(ids, selected)].mean()),
                            "main": main})
-        return {"steps": main["steps"], "train_time_s": time.perf_counter() - start, "final_train_loss": main["final_train_loss"]}
+        return {"steps": main["steps"], "train_time_s": time.perf_counter() - start, "final_train_loss": main["final_train_loss"],
+                **({"skipped_steps": main["skipped_steps"]} if "skipped_steps" in main else {})}
 
     def results(self):
         return {"ftft": self.stats}

@@ -102,7 +102,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, regression: boo
 
 
 class PacTrainer:
-    """theta, the noise xi, the prior b and their optimizers; one `step` per optimizer step."""
+    """theta, the noise xi, the prior b and their optimizers; PacTuning's hooks take the steps in the shared loop."""
 
     def __init__(self, model, *, n_examples: int, gamma: float, k_scales: list[float], k_values: list[float],
                  backbone_lr: float, head_lr: float, noise_lr: float, weight_decay: float):
@@ -148,29 +148,6 @@ class PacTrainer:
 
         noisy = {n: t + torch.exp(x) * e for n, t, x, e in zip(self.names, self.theta, self.xi, eps)}
         return functional_call(self.model, noisy, args=(), kwargs=model_inputs(batch)).loss
-
-    def step(self, batches: list[dict], stage1: bool, step_number: int = 0) -> float:
-        """One optimizer step over `batches` (one mini-batch, or the chunks of the full batch)."""
-        from ..training import check_finite
-
-        for x in [*self.xi, self.b]:
-            x.requires_grad_(stage1)  # stage 2: the noise and the prior are frozen
-        eps = [torch.randn_like(t).clamp_(-2, 2) for t in self.theta]  # one draw per step
-        total = sum(len(batch["labels"]) for batch in batches)
-        loss_value = 0.0
-        for batch in batches:
-            loss = self.perturbed_loss(batch, eps) * (len(batch["labels"]) / total)
-            check_finite(loss, step_number, "PAC-tuning")
-            loss.backward()
-            loss_value += loss.item()
-        if stage1:
-            self.penalty().backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if stage1:
-            self.noise_optimizer.step()
-        self.noise_optimizer.zero_grad(set_to_none=True)
-        return loss_value
 
     @torch.no_grad()
     def summary(self) -> dict:
@@ -253,36 +230,66 @@ class PacTuning(Method):
         return max(1, round(o.pac_epochs)) if o.pac_full_batch else steps_for(num_examples, run.batch_size, o.pac_epochs)
 
     def fit(self, model, ctx):
-        from ..training import iterate_batches, steps_for, to_device
+        """Estimate the K table, then both stages in one run of the shared loop (training.train_loop),
+        which switches stage at a step count (prepare_step) and so resumes mid-stage like any method."""
+        from ..training import steps_for, train_loop
 
         o, run = self.options, ctx.run
         model.to(ctx.device).train()
         start = time.perf_counter()
+        # redone on --resume, before the loop restores its state: it depends on the seed and the initial model only
         k_values = estimate_k_table(model, ctx, gamma=o.pac_gamma, models_per_scale=o.pac_k_models, examples=o.pac_k_examples)
         k_time = time.perf_counter() - start
-        trainer = PacTrainer(model, n_examples=len(ctx.train), gamma=o.pac_gamma, k_scales=PRIOR_SCALES, k_values=k_values,
-                             backbone_lr=o.pac_backbone_lr, head_lr=o.pac_head_lr, noise_lr=o.pac_noise_lr,
-                             weight_decay=run.weight_decay)
-        loader = ctx.loader(ctx.train)
-        if o.pac_full_batch:
-            total_steps = max(1, round(o.pac_epochs))
-            steps = ((step, list(loader)) for step in range(1, total_steps + 1))
-        else:
-            total_steps = steps_for(len(ctx.train), run.batch_size, o.pac_epochs)
-            steps = ((step, [batch]) for step, batch in iterate_batches(loader, total_steps))
-        stage1_steps = round(total_steps * o.pac_stage1_fraction)
-        losses, after_stage1 = [], None
-        for step, batches in steps:
-            batches = [to_device(b, ctx.device) for b in batches]
-            losses.append(trainer.step(batches, stage1=step <= stage1_steps, step_number=step))
-            if step == stage1_steps:
-                after_stage1 = trainer.summary()
-        tail = losses[-max(1, len(losses) // 10):]
+        self.trainer = PacTrainer(model, n_examples=len(ctx.train), gamma=o.pac_gamma, k_scales=PRIOR_SCALES, k_values=k_values,
+                                  backbone_lr=o.pac_backbone_lr, head_lr=o.pac_head_lr, noise_lr=o.pac_noise_lr,
+                                  weight_decay=run.weight_decay)
+        total_steps = max(1, round(o.pac_epochs)) if o.pac_full_batch else steps_for(len(ctx.train), run.batch_size, o.pac_epochs)
+        self.stage1_steps, self.after_stage1 = round(total_steps * o.pac_stage1_fraction), None
+        # the paper's optimisation: no learning-rate schedule (optimizers), no gradient clipping
+        stats = train_loop(model, self, ctx, ctx.train, epochs=o.pac_epochs, lr=ctx.lr, max_grad_norm=0.0, steps=total_steps,
+                           full_batch=o.pac_full_batch, desc="PAC-tuning")
+        if self.after_stage1 is None and 0 < self.stage1_steps == total_steps:
+            self.after_stage1 = self.trainer.summary()  # stage 1 took every step
         self.stats = {"k_scales": PRIOR_SCALES, "k_values": k_values, "k_estimation_s": round(k_time, 3),
-                      "stage1_steps": stage1_steps, "stage2_steps": total_steps - stage1_steps,
-                      "after_stage1": after_stage1, "final": trainer.summary(),
+                      "stage1_steps": self.stage1_steps, "stage2_steps": total_steps - self.stage1_steps,
+                      "after_stage1": self.after_stage1, "final": self.trainer.summary(),
                       "backbone_lr": o.pac_backbone_lr, "head_lr": o.pac_head_lr, "full_batch": o.pac_full_batch}
-        return {"steps": total_steps, "train_time_s": time.perf_counter() - start, "final_train_loss": sum(tail) / len(tail)}
+        return {**stats, "train_time_s": k_time + stats["train_time_s"]}
+
+    # --- the shared loop's hooks ----------------------------------------------------------------
+    def optimizers(self, model, ctx, lr, total_steps):
+        """AdamW on theta (encoder and head learning rates), Adam on xi and b; constant learning rates."""
+        return [self.trainer.optimizer, self.trainer.noise_optimizer], None
+
+    def prepare_step(self, model, step, ctx):
+        """Stage from the step count; one noise draw eps per step, shared by a full batch's chunks."""
+        trainer = self.trainer
+        self.stage1 = step <= self.stage1_steps
+        if not self.stage1 and self.after_stage1 is None and self.stage1_steps > 0:
+            self.after_stage1 = trainer.summary()  # the first step of stage 2: xi and b as stage 1 left them
+        for x in [*trainer.xi, trainer.b]:
+            x.requires_grad_(self.stage1)  # stage 2: the noise and the prior are frozen
+        self.eps = [torch.randn_like(t).clamp_(-2, 2) for t in trainer.theta]
+
+    def loss(self, model, batch, ctx):
+        return self.trainer.perturbed_loss(batch, self.eps)
+
+    def before_optimizer_step(self, model, step, ctx):
+        # after the gradients are averaged over processes: the penalty is the same on every one
+        if self.stage1:
+            self.trainer.penalty().backward()
+
+    def state_dict(self):
+        trainer = self.trainer
+        return {"xi": [x.detach() for x in trainer.xi], "b": trainer.b.detach(), "after_stage1": self.after_stage1}
+
+    @torch.no_grad()
+    def load_state_dict(self, state):
+        # in place: the optimizers hold these very tensors
+        for x, saved in zip(self.trainer.xi, state["xi"]):
+            x.copy_(saved)
+        self.trainer.b.copy_(state["b"])
+        self.after_stage1 = state["after_stage1"]
 
     def results(self):
         return {"pac": self.stats}
