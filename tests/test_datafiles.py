@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from blo_mixup.config import RunConfig, check_data_options
+from blo_mixup.config import RunConfig, validate_run_config
 from blo_mixup.data import get_task, load_glue, subsample
 from blo_mixup.datafiles import load_task_data
 from blo_mixup.errors import UserError
@@ -289,7 +289,7 @@ def test_bad_data_is_one_user_error_naming_file_row_and_fix(tmp_path, case):
 ])
 def test_data_options_that_do_not_fit_together(options, words):
     with pytest.raises(UserError) as error:
-        check_data_options(RunConfig(**options))
+        validate_run_config(RunConfig(**options))
     for word in words:
         assert word in str(error.value)
 
