@@ -74,7 +74,7 @@ def with_train_size(run: RunConfig) -> RunConfig:
 
 
 def small_model_lr(num_parameters: int) -> float:
-    """Default learning rate by model size (design.md: 2e-5 leaves MiniLM below the majority rate)."""
+    """Default learning rate by model size (docs/method.md: 2e-5 leaves MiniLM below the majority rate)."""
     return 1e-4 if num_parameters < 100_000_000 else 2e-5
 
 

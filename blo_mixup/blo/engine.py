@@ -58,12 +58,12 @@ def quiet_betty() -> None:
 
 
 def adam(params, lr: float, weight_decay: float):
-    """AdamW that survives Betty's optimizer rebuild (torch's AdamW does not: betty-notes item 5)."""
+    """AdamW that survives Betty's optimizer rebuild (torch's AdamW does not: docs/method.md, Betty item 5)."""
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=True)
 
 
 def upper_config(**kwargs) -> Config:
-    """Config for a problem whose loss uses its own parameters directly (betty-notes items 2, 3)."""
+    """Config for a problem whose loss uses its own parameters directly (docs/method.md, Betty items 2, 3)."""
     return Config(retain_graph=True, first_order=True, **kwargs)
 
 

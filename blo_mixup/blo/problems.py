@@ -182,7 +182,7 @@ class MixupAttention(SingleBackwardUpper):
     """Upper level: min_A L(D2; W_eff(W*(A), A)). The module is the WeightMixup (attention only).
 
     Its loss uses A directly as well as through W*(A). With Betty's own backward that needs
-    Config(retain_graph=True, first_order=True) (betty-notes.md items 2 and 3); the single-backward
+    Config(retain_graph=True, first_order=True) (docs/method.md, Betty items 2 and 3); the single-backward
     path needs first_order=True only. blo_mixup.engine.upper_config() gives both.
     The constraint (A in [0, 1]) is enforced after every update.
     """
