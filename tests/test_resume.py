@@ -23,6 +23,8 @@ from test_cli import assert_one_line_error, finetune_args, run_main
 # reference model, then at most 8 of the main model; PAC-tuning: 12 steps, stage 2 from step 7 (full
 # batch: 8 steps of 4 chunks, stage 2 from step 5).
 PAC = ["--method", "pac-tuning", "--pac-stage1-fraction", "0.5", "--pac-k-models", "2", "--pac-k-examples", "8"]
+# Every method; blo-mixup-fast and blo-mixup-paper are blo-mixup at other defaults, whose paths (unrolling,
+# folds, another hypergradient) are the blo-mixup cases below.
 CASES = {
     "vanilla": [],
     "mixout": ["--method", "mixout"],
@@ -30,6 +32,11 @@ CASES = {
     "dps-dense": ["--method", "dps-dense", "--dps-update-ratio", "0.25"],
     "dps-mix": ["--method", "dps-mix", "--dps-update-ratio", "0.25"],
     "r3f": ["--method", "r3f"],
+    "r-drop": ["--method", "r-drop"],
+    "child-tuning-f": ["--method", "child-tuning-f"],
+    "reinit-llrd": ["--method", "reinit-llrd"],
+    "guided-dropout": ["--method", "guided-dropout"],  # later runs read its Fisher scores from the cache
+    "vanilla-matched": ["--method", "vanilla-matched"],
     "ftft": ["--method", "ftft"],
     "blo-mixup": ["--method", "blo-mixup"],
     "blo-mixup-unroll2-neumann": ["--method", "blo-mixup", "--unroll-steps", "2", "--hypergradient", "neumann"],
@@ -49,12 +56,13 @@ def args_for(glue_dir, model_dir, out, extra):
 
 
 def comparable(run_dir: Path) -> tuple[dict, dict]:
-    """results.json without timings or paths, and the saved model's tensors."""
+    """results.json without timings, paths or cache bookkeeping, and the saved model's tensors."""
     results = json.loads((run_dir / "results.json").read_text())
 
     def strip(value):
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not k.endswith(("time_s", "estimation_s")) and k not in ("output_dir", "environment", "resume")}
+            return {k: strip(v) for k, v in value.items() if not k.endswith(("time_s", "estimation_s"))
+                    and k not in ("output_dir", "environment", "resume", "seconds", "cache", "cache_hit")}
         return value
 
     return strip(results), load_file(run_dir / "model" / "model.safetensors")
@@ -99,7 +107,7 @@ def crash_at(monkeypatch, n: int, action=killed) -> None:
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "pac-tuning-full-batch" else c
                                   for c in CASES])  # full batch: 4 chunks a step, about 50 s
 def test_resume_after_a_crash_gives_the_same_run(case, glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
-    extra = CASES[case]
+    extra = CASES[case] + (["--gd-cache-dir", str(tmp_path / "gd-cache")] if case == "guided-dropout" else [])
     assert main(args_for(glue_dir, tiny_bert_dir, tmp_path / "whole", extra)) == 0
     assert not (tmp_path / "whole" / "checkpoints").exists()  # removed once the run is complete
     # A crash between saves: in the first stage, then (blo-mixup) in phase 2 or the second fold.
