@@ -2,12 +2,14 @@
 
 The tasks are GLUE tasks (--tasks) or your own data (--train-file or --dataset, one "task" named after it).
 Each run lives in OUTPUT_DIR/runs/<task>/<method>/seed<seed>/. A run with results.json is finished and
-never redone; a run folder without it (a killed run) is started again from scratch.
+never redone; a killed run continues from its checkpoints. A method may carry options of its own for its
+runs only, as a variant ("blo-mixup+unroll-steps=5"): its own row, its own run folders.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -22,7 +24,8 @@ def add_compare_parser(sub) -> None:
 
     parser = sub.add_parser("compare", help="run methods x seeds x tasks; write results.csv, summary.md, summary.png")
     parser.add_argument("--tasks", help="comma-separated GLUE tasks, e.g. rte,mrpc; or your own data instead: --train-file or --dataset")
-    parser.add_argument("--methods", required=True, help="comma-separated methods, e.g. vanilla,blo-mixup")
+    parser.add_argument("--methods", required=True,
+                        help="comma-separated methods, e.g. vanilla,blo-mixup; a variant sets options for its runs only: blo-mixup+unroll-steps=5")
     parser.add_argument("--seeds", default="1-5", help="seeds: a list or a range, like 1,2,3 or 1-5 (default: 1-5)")
     parser.add_argument("--output-dir", required=True, help="folder for the runs and the summary")
     parser.add_argument("--report-only", action="store_true",
@@ -50,20 +53,19 @@ def cmd_compare(args) -> int:
 
     glue = args.tasks is not None  # else your own data (--train-file or --dataset): one "task"
     tasks = [get_task(t).name for t in comma_list(args.tasks, "tasks")] if glue else [None]
-    methods = comma_list(args.methods, "methods")
-    for m in methods:
-        get_method(m)
+    variants = method_variants(args.methods)  # row label -> (method, its own option values)
+    methods = list(variants)  # the rows, by label
     seeds = seed_list(args.seeds)
     output_dir = Path(args.output_dir)
     shared = {k: v for k, v in vars(args).items() if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only")}
     file_values = read_config_file(args.config) if args.config else {}
 
-    own_keys = {m: set(field_names(RunConfig)) | set(field_names(get_method(m).options_class)) for m in methods}
-
-    def resolve(task, method, seed, run_dir):
-        values = {k: v for k, v in {**file_values, **shared}.items() if k in own_keys[method]}
+    def resolve(task, label, seed, run_dir):
+        method, own_values = variants[label]
+        own_keys = set(field_names(RunConfig)) | set(field_names(get_method(method).options_class))
+        values = {k: v for k, v in {**file_values, **shared}.items() if k in own_keys}
         # A run killed earlier continues from its checkpoints (and a fresh one starts from scratch).
-        values.update(method=method, seed=seed, output_dir=str(run_dir), resume=True, **({"task": task} if glue else {}))
+        values.update(own_values, method=method, seed=seed, output_dir=str(run_dir), resume=True, **({"task": task} if glue else {}))
         return resolve_options(values)
 
     if not glue and not any({**file_values, **shared}.get(k) for k in ("train_file", "dataset")):
@@ -80,22 +82,22 @@ def cmd_compare(args) -> int:
     results, durations = [], []
     for i, (task, method, seed) in enumerate(plan, 1):
         run_dir = output_dir / "runs" / task / method / f"seed{seed}"
-        label = f"[{i}/{len(plan)}] {task} {method} seed {seed}"
+        line = f"[{i}/{len(plan)}] {task} {method} seed {seed}"
         if is_finished(run_dir):
-            results.append(read_results(run_dir))
-            print(f"{label}: done earlier, main score {results[-1]['main_score']:.4f}", flush=True)
+            results.append({**read_results(run_dir), "method": method})
+            print(f"{line}: done earlier, main score {results[-1]['main_score']:.4f}", flush=True)
             continue
         if args.report_only:
-            print(f"{label}: not run yet", flush=True)
+            print(f"{line}: not run yet", flush=True)
             continue
         eta = _time_left(plan[i - 1:], durations)
         eta = f", about {_minutes(eta)} left" if eta else ""
-        print(f"{label}: running{eta}", flush=True)
+        print(f"{line}: running{eta}", flush=True)
         run, method_obj = resolve(task if glue else None, method, seed, run_dir)
         started = time.perf_counter()
-        results.append(run_finetune(run, method_obj))
+        results.append({**run_finetune(run, method_obj), "method": method})
         durations.append((method, time.perf_counter() - started))
-        print(f"{label}: main score {results[-1]['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
+        print(f"{line}: main score {results[-1]['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
 
     write_results_csv(results, output_dir / "results.csv")
     if not results:
@@ -111,6 +113,43 @@ def cmd_compare(args) -> int:
     print(table)
     print(f"wrote {output_dir / 'results.csv'}, {output_dir / 'summary.md'}, {output_dir / 'summary.png'}")
     return 0
+
+
+# "+name=" starts the next option of a variant, so a value such as 1e+2 stays whole.
+VARIANT_OPTION = re.compile(r"\+(?=[A-Za-z][\w-]*=)")
+NOT_PER_METHOD = ("task", "method", "seed", "output_dir", "overwrite", "resume")
+
+
+def method_variants(text: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """--methods 'vanilla,blo-mixup+unroll-steps=5' -> {label: (method, option values)}:
+    {'vanilla': ('vanilla', {}), 'blo-mixup+unroll-steps=5': ('blo-mixup', {'unroll_steps': '5'})}.
+    Values stay strings here; they are typed and range-checked with the method's other options."""
+    from .config import RunConfig, check_known_keys, field_names
+    from .methods import get_method
+
+    variants = {}
+    for spec in comma_list(text, "methods"):
+        method, *parts = VARIANT_OPTION.split(spec)
+        if "+" in method:  # a '+' not followed by OPTION=
+            raise UserError(f"--methods {spec}: write a variant as METHOD+OPTION=VALUE, e.g. blo-mixup+unroll-steps=5")
+        known = field_names(RunConfig) + field_names(get_method(method).options_class)
+        values = {}
+        for part in parts:
+            key, _, value = part.partition("=")
+            key = key.replace("-", "_")
+            if not value:
+                raise UserError(f"--methods {spec}: option '{key}' has no value; write it as {method}+{key.replace('_', '-')}=VALUE")
+            if key in NOT_PER_METHOD:
+                raise UserError(f"--methods {spec}: '{key}' cannot differ between methods of one comparison; "
+                                f"run another comparison for it")
+            values[key] = value
+        check_known_keys(values, known, f"--methods {spec}",
+                         f"a variant takes the run options and {method}'s own (`blo-mixup finetune --help`), without the leading dashes")
+        label = method + "".join(f"+{k.replace('_', '-')}={v}" for k, v in values.items())
+        if label in variants:
+            raise UserError(f"--methods names {label} twice; drop one")
+        variants[label] = (method, values)
+    return variants
 
 
 def _constant_prediction_scores(tasks, data_dir) -> dict[str, float]:

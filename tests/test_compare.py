@@ -115,3 +115,46 @@ def test_time_left_uses_each_methods_own_run_time():
     assert _time_left(remaining, []) is None
     assert _time_left(remaining, [("vanilla", 100.0), ("vanilla", 120.0)]) == 330.0  # unknown method: overall mean
     assert _time_left(remaining, [("vanilla", 100.0), ("blo-mixup", 400.0)]) == 900.0
+
+
+def test_method_variants_parse_and_name_their_rows():
+    from blo_mixup.compare import method_variants
+
+    variants = method_variants("vanilla, blo-mixup+unroll_steps=5+outer-lr=1e+2,blo-mixup")
+    assert variants == {"vanilla": ("vanilla", {}),
+                        "blo-mixup+unroll-steps=5+outer-lr=1e+2": ("blo-mixup", {"unroll_steps": "5", "outer_lr": "1e+2"}),
+                        "blo-mixup": ("blo-mixup", {})}
+
+
+@pytest.mark.parametrize("methods, message", [
+    ("blo-mixup+unroll-step=5", "unknown option 'unroll_step' in --methods blo-mixup+unroll-step=5 (did you mean 'unroll_steps'?)"),
+    ("vanilla+unroll-steps=5", "unknown option 'unroll_steps'"),  # blo-mixup's option, not vanilla's
+    ("blo-mixup+unroll-steps=", "option 'unroll_steps' has no value"),
+    ("blo-mixup+seed=3", "'seed' cannot differ between methods"),
+    ("blo-mixup+5", "write a variant as METHOD+OPTION=VALUE"),
+    ("vanilla,vanilla+lr=1e-4,vanilla+lr=1e-4", "names vanilla+lr=1e-4 twice"),
+    ("blo-mixop+unroll-steps=5", "unknown method"),
+])
+def test_method_variants_refuse_bad_specs(methods, message, tmp_path, capsys):
+    assert main(["compare", "--tasks", "rte", "--methods", methods, "--output-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_variant_is_its_own_row_with_its_own_runs(glue_dir, tiny_bert_dir, tmp_path, capsys):
+    """vanilla+epochs=2 beside vanilla: its own run folders, its option in its runs only, its own row;
+    a bad value is refused before the first run."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--tasks", "rte", "--seeds", "1", "--train-size", "16", "--epochs", "1", "--batch-size", "8",
+            "--max-length", "32", "--data-dir", str(glue_dir), "--model", str(tiny_bert_dir), "--output-dir", str(out),
+            "--no-save-model"]
+    assert main([*args, "--methods", "vanilla,vanilla+epochs=-2"]) == 2
+    assert "--epochs must be positive; got -2" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*args, "--methods", "vanilla,vanilla+epochs=2"]) == 0
+    runs = out / "runs" / "rte"
+    assert json.loads((runs / "vanilla" / "seed1" / "results.json").read_text())["config"]["epochs"] == 1
+    variant = json.loads((runs / "vanilla+epochs=2" / "seed1" / "results.json").read_text())
+    assert variant["config"]["epochs"] == 2 and variant["weight_updates"] == 4  # 16 examples, batch 8, 2 epochs
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["weight_updates"]) for r in rows] == [("vanilla", "2"), ("vanilla+epochs=2", "4")]
+    assert "| vanilla+epochs=2 |" in (out / "summary.md").read_text()
