@@ -48,7 +48,7 @@ def cmd_compare(args) -> int:
     from .finetune import run_finetune
     from .metrics import constant_prediction_score
     from .methods import get_method
-    from .report import paired_table, summary_plot, summary_table, updates_table, write_results_csv
+    from .report import attention_table, paired_table, summary_plot, summary_table, updates_table, write_results_csv
     from .runs import is_finished, read_results, write_text_atomic
 
     glue = args.tasks is not None  # else your own data (--train-file or --dataset): one "task"
@@ -106,6 +106,9 @@ def cmd_compare(args) -> int:
                  else {data.task.name: constant_prediction_score(data.task, data.evaluation)})
     table = summary_table(results, tasks, methods, seeds, reference)
     table += "\n" + updates_table(results, tasks, methods)
+    attention = attention_table(results, tasks, methods)
+    if attention:  # blo-mixup's rows: how far A moved from 1
+        table += "\n" + attention
     if len(methods) > 1 and len({r["seed"] for r in results}) > 1:
         table += "\n" + paired_table(results, tasks, methods)
     write_text_atomic(output_dir / "summary.md", table)

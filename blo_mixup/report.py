@@ -9,12 +9,30 @@ from pathlib import Path
 
 from .runs import write_text_atomic
 
-CSV_FIELDS = ["task", "method", "seed", "train_size", "weight_updates", "main_metric", "main_score", "train_time_s", "total_time_s"]
+CSV_FIELDS = ["task", "method", "seed", "train_size", "weight_updates", "main_metric", "main_score", "train_time_s", "total_time_s",
+              "attention_mean", "attention_min"]
+
+
+def attention_of(result: dict) -> dict[str, dict[str, float]]:
+    """The learned attention's statistics per mixed weight matrix ({name: {mean, std, min, max}}) of a
+    blo-mixup run; empty for a method without attention."""
+    return (result.get("blo") or {}).get("attention") or {}
+
+
+def attention_columns(result: dict) -> dict[str, float | str]:
+    """results.csv's attention_mean (the mean of the per-matrix means of A; 1 is W unmixed) and
+    attention_min (the smallest entry of A in any matrix); empty for a method without attention."""
+    stats = attention_of(result)
+    if not stats:
+        return {"attention_mean": "", "attention_min": ""}
+    return {"attention_mean": statistics.fmean(m["mean"] for m in stats.values()),
+            "attention_min": min(m["min"] for m in stats.values())}
 
 
 def write_results_csv(results: list[dict], path: Path) -> None:
     metric_names = sorted({m for r in results for m in r["metrics"]})
-    rows = [[r.get(f, "") for f in CSV_FIELDS] + [r["metrics"].get(m, "") for m in metric_names] for r in results]
+    rows = [[{**r, **attention_columns(r)}.get(f, "") for f in CSV_FIELDS] + [r["metrics"].get(m, "") for m in metric_names]
+            for r in results]
     import io
 
     buffer = io.StringIO()
@@ -103,6 +121,28 @@ def updates_table(results: list[dict], tasks: list[str], methods: list[str]) -> 
             row.append("-" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     lines += ["", "Optimizer steps on the task weights W per run (blo-mixup: phase-1 lower steps plus phase 2)."]
+    return "\n".join(lines) + "\n"
+
+
+def attention_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
+    """Markdown: how far the learned attention A moved from 1 (W unmixed), per task and method with attention:
+    the range of the per-matrix means of A over every matrix and seed, and the smallest entry. Empty when
+    no run has attention."""
+    rows = []
+    for method in methods:
+        cells = []
+        for task in tasks:
+            stats = [m for r in results if r["task"] == task and r["method"] == method for m in attention_of(r).values()]
+            cells.append(f"{min(m['mean'] for m in stats):.3f}-{max(m['mean'] for m in stats):.3f} "
+                         f"(min {min(m['min'] for m in stats):.2f})" if stats else "-")
+        if any(c != "-" for c in cells):
+            rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    lines = ["| attention A | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1), *rows, "",
+             "The learned attention at the end of the run: lowest-highest mean of A over a mixed weight matrix "
+             "(across every matrix and seed), and in brackets its smallest entry. A = 1 keeps the task weights W, "
+             "A = 0 the pretrained W0."]
     return "\n".join(lines) + "\n"
 
 

@@ -108,6 +108,25 @@ def test_paired_table_differences_on_the_same_seeds():
     assert table.startswith("| against a, same seeds |")
 
 
+def test_attention_table_and_columns_say_how_far_A_moved(tmp_path):
+    from blo_mixup.report import attention_table, write_results_csv
+
+    def run(method, seed, attention):
+        return {"task": "rte", "method": method, "seed": seed, "main_score": 0.5, "metrics": {"accuracy": 0.5},
+                **({"blo": {"attention": {name: dict(zip(("mean", "min"), v)) for name, v in attention.items()}}} if attention else {})}
+
+    results = [run("vanilla", 1, None), run("blo-mixup", 1, {"q": (0.99, 0.9), "k": (0.95, 0.8)}),
+               run("blo-mixup", 2, {"q": (0.97, 0.85), "k": (0.999, 0.95)})]
+    table = attention_table(results, ["rte", "mrpc"], ["vanilla", "blo-mixup"])
+    assert table.startswith("| attention A | rte | mrpc |\n|---|---|---|\n| blo-mixup | 0.950-0.999 (min 0.80) | - |\n")
+    assert "| vanilla |" not in table
+    assert attention_table(results[:1], ["rte"], ["vanilla"]) == ""
+    write_results_csv(results, tmp_path / "results.csv")
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(r["attention_mean"], r["attention_min"]) for r in rows[:1]] == [("", "")]  # no attention: empty
+    assert [float(r[c]) for r in rows[1:] for c in ("attention_mean", "attention_min")] == pytest.approx([0.97, 0.8, 0.9845, 0.85])
+
+
 def test_time_left_uses_each_methods_own_run_time():
     from blo_mixup.compare import _time_left
 
