@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -102,9 +103,12 @@ def cmd_compare(args) -> int:
     write_results_csv(results, output_dir / "results.csv")
     if not results:
         raise UserError(f"no finished run in {output_dir / 'runs'} yet; run the comparison without --report-only first")
-    reference = (_constant_prediction_scores(tasks, shared.get("data_dir")) if glue
-                 else {data.task.name: constant_prediction_score(data.task, data.evaluation)})
+    reference = (_constant_prediction_scores(tasks, seeds, lambda task, seed: resolve(task, methods[0], seed, output_dir)[0])
+                 if glue else {data.task.name: constant_prediction_score(data.task, data.evaluation)})
     table = summary_table(results, tasks, methods, seeds, reference)
+    heldout = resolve(tasks[0], methods[0], seeds[0], output_dir)[0].heldout_size
+    if heldout:  # say so before anyone reads the numbers as dev scores
+        table = f"Scored on {heldout} held-out training examples per seed (--heldout-size), not on the dev set.\n\n{table}"
     table += "\n" + updates_table(results, tasks, methods)
     attention = attention_table(results, tasks, methods)
     if attention:  # blo-mixup's rows: how far A moved from 1
@@ -120,7 +124,7 @@ def cmd_compare(args) -> int:
 
 # "+name=" starts the next option of a variant, so a value such as 1e+2 stays whole.
 VARIANT_OPTION = re.compile(r"\+(?=[A-Za-z][\w-]*=)")
-NOT_PER_METHOD = ("task", "method", "seed", "output_dir", "overwrite", "resume")
+NOT_PER_METHOD = ("task", "method", "seed", "output_dir", "overwrite", "resume", "heldout_size")
 
 
 def method_variants(text: str) -> dict[str, tuple[str, dict[str, str]]]:
@@ -155,16 +159,19 @@ def method_variants(text: str) -> dict[str, tuple[str, dict[str, str]]]:
     return variants
 
 
-def _constant_prediction_scores(tasks, data_dir) -> dict[str, float]:
-    """Each task's dev score for a constant prediction (from the same data as the runs); none where the
-    dev set cannot be read now (a --report-only without the data): the summary then goes without it."""
-    from .data import load_glue
+def _constant_prediction_scores(tasks, seeds, run_of) -> dict[str, float]:
+    """Each task's score for a constant prediction on the runs' evaluation set: the dev set, or with
+    --heldout-size each seed's held-out rows (the mean over seeds); run_of(task, seed) is a run's RunConfig.
+    None where the data cannot be read now (a --report-only without the data): the summary goes without it."""
+    from .datafiles import load_task_data
     from .metrics import constant_prediction_score
 
     reference = {}
     for task in tasks:
+        runs = [run_of(task, seed) for seed in seeds]
+        runs = runs if runs[0].heldout_size else runs[:1]  # the dev set is the same for every seed
         try:
-            reference[task] = constant_prediction_score(task, load_glue(task, data_dir)["validation"])
+            reference[task] = statistics.fmean(constant_prediction_score(task, load_task_data(run).evaluation) for run in runs)
         except (UserError, OSError, ValueError) as exc:
             print(f"no constant-prediction reference for {task}: {exc}", flush=True)
     return reference

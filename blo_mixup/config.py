@@ -42,6 +42,7 @@ class RunConfig(DataOptions):
     model: str = field(default="minilm", metadata={"help": "model name or path; 'minilm' = the packaged all-MiniLM-L6-v2"})
     method: str = field(default="vanilla", metadata={"help": "fine-tuning method (see `blo-mixup methods`)"})
     train_size: int | None = field(default=None, metadata={"help": "training examples drawn per seed (stratified); 0 = all; default: 300 with --task (the low-resource protocol), every row with your own data", "min": 0})
+    heldout_size: int | None = field(default=None, metadata={"help": "GLUE: score the run on this many training examples outside the seed's subsample (stratified; the rows `blo-mixup curves` scores) instead of the dev set, to choose options without looking at the dev set; default: the dev set", "min": 1})
     seed: int = field(default=1, metadata={"help": "seed of the subsample, the head's initialisation and the data order"})
     epochs: float = field(default=3.0, metadata={"help": "training epochs", "above": 0})
     batch_size: int = field(default=16, metadata={"help": "batch size", "above": 0})
@@ -261,8 +262,12 @@ def check_data_options(run, data_given: bool = False) -> None:
         if own:
             raise UserError(f"--{own[0].replace('_', '-')} describes your own data, not a GLUE --task; drop it, "
                             f"or replace --task with --train-file")
-    elif run.data_dir is not None:
-        raise UserError("--data-dir is the GLUE folder of --task; drop it (your own data is named by --train-file)")
+    else:
+        if run.data_dir is not None:
+            raise UserError("--data-dir is the GLUE folder of --task; drop it (your own data is named by --train-file)")
+        if getattr(run, "heldout_size", None) is not None:
+            raise UserError("--heldout-size holds out GLUE training examples; your own data's evaluation set is "
+                            "--validation-file or the --validation-ratio held out from it: drop --heldout-size")
     if run.dataset_config is not None and run.dataset is None:
         raise UserError("--dataset-config needs --dataset; drop it or name the hub dataset")
 

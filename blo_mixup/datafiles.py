@@ -20,7 +20,8 @@ from pathlib import Path
 
 import datasets
 
-from .data import TaskData, TaskSpec, get_task, heldout_sample, is_glue_name, load_glue, register_own_data
+from .config import with_train_size
+from .data import TaskData, TaskSpec, get_task, heldout_sample, is_glue_name, load_glue, register_own_data, subsample
 from .errors import UserError
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -267,8 +268,21 @@ def load_task_data(run) -> TaskData:
     if run.task is not None:
         task = get_task(run.task)
         glue = load_glue(task, run.data_dir)
+        if getattr(run, "heldout_size", None):  # bench's data options have no --heldout-size
+            return TaskData(task, glue["train"], *glue_heldout(glue["train"], run, task))
         return TaskData(task, glue["train"], glue["validation"], f"the GLUE dev set ({task.dev_split})")
     return load_own_data(run)
+
+
+def glue_heldout(train: datasets.Dataset, run, task) -> tuple[datasets.Dataset, str]:
+    """(evaluation set, its description) for --heldout-size: training rows outside the seed's subsample,
+    stratified, the same rows `blo-mixup curves` scores for that seed, so that a protocol or a method's
+    options can be chosen without looking at the dev set that the tables report."""
+    run = with_train_size(run)
+    taken = subsample(train, run.train_size or None, run.seed, task)
+    heldout = heldout_sample(train, taken, run.heldout_size, run.seed, task)
+    return heldout, (f"held out from the GLUE train split: {len(heldout)} rows outside seed {run.seed}'s "
+                     f"subsample (stratified), not the dev set")
 
 
 def load_own_data(run) -> TaskData:

@@ -96,7 +96,7 @@ def summary_table(results: list[dict], tasks: list[str], methods: list[str], exp
         lines.append(f"Main metric x100, mean ± sample std over seeds {', '.join(map(str, seeds_seen))}; best mean per column in bold.")
     if reference:
         scores_text = ", ".join(f"{t} {100 * reference[t]:.2f}" for t in tasks if t in reference)
-        lines.append(f"A constant prediction (the dev set's majority class; its mean score for regression) scores: {scores_text}.")
+        lines.append(f"A constant prediction (the evaluation set's majority class; its mean score for regression) scores: {scores_text}.")
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ def test_compare_all_methods_two_seeds(glue_dir, tiny_bert_dir, tmp_path, capsys
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in methods for s in ("1", "2"))
     summary = (out / "summary.md").read_text()
     assert all(f"| {m} |" in summary for m in methods) and "average" in summary
-    assert "(the dev set's majority class; its mean score for regression) scores: rte 52.71." in summary  # 146 of 277
+    assert "(the evaluation set's majority class; its mean score for regression) scores: rte 52.71." in summary  # 146 of 277
     assert (out / "summary.png").stat().st_size > 0
 
     # Resuming: a finished run is not redone; a killed run (folder without results.json) restarts.
