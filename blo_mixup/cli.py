@@ -110,6 +110,8 @@ def cmd_methods(args) -> int:
         print(f"{name}: {cls.summary}")
         for f in dataclasses.fields(cls.options_class):
             print(f"    {flag(f.name)} (default {f.default}): {f.metadata.get('help', '')}")
+    print("\nIn `blo-mixup compare --methods`, METHOD+OPTION=VALUE is a variant with options of its own, a row of "
+          "its own: e.g. blo-mixup+unroll-steps=5 (docs/cli.md)")
     return 0
 
 
