@@ -160,3 +160,17 @@ def test_installed_command_exits_2_without_traceback(tmp_path):
 def test_nan_loss_stops_with_exit_2(glue_dir, tiny_bert_dir, tmp_path, capsys):
     result = run_main(capsys, *finetune_args(glue_dir, tiny_bert_dir, tmp_path / "out", "--lr", 1e30, "--epochs", 3))
     assert_one_line_error(result, "loss became", "step", "--lr")
+
+
+def test_methods_lists_every_method_its_options_and_how_to_write_a_variant(capsys):
+    import dataclasses
+
+    from blo_mixup.methods import METHODS
+
+    assert main(["methods"]) == 0
+    printed = capsys.readouterr().out
+    for name, cls in METHODS.items():
+        assert f"{name}: {cls.summary}" in printed
+        for f in dataclasses.fields(cls.options_class):
+            assert f"    --{f.name.replace('_', '-')} (default {f.default}): " in printed
+    assert "METHOD+OPTION=VALUE is a variant" in printed
