@@ -29,6 +29,8 @@ def add_compare_parser(sub) -> None:
                         help="comma-separated methods, e.g. vanilla,blo-mixup; a variant sets options for its runs only: blo-mixup+unroll-steps=5")
     parser.add_argument("--seeds", default="1-5", help="seeds: a list or a range, like 1,2,3 or 1-5 (default: 1-5)")
     parser.add_argument("--output-dir", required=True, help="folder for the runs and the summary")
+    parser.add_argument("--paired-against", help="comma-separated rows of --methods to pair every other row against "
+                        "on the same seeds, one table each, e.g. vanilla,vanilla-matched (default: the first method)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write results.csv, summary.md and summary.png from the runs finished so far")
     parser.add_argument("--config", help="JSON or YAML file of options shared by all runs")
@@ -58,7 +60,12 @@ def cmd_compare(args) -> int:
     methods = list(variants)  # the rows, by label
     seeds = seed_list(args.seeds)
     output_dir = Path(args.output_dir)
-    shared = {k: v for k, v in vars(args).items() if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only")}
+    baselines = comma_list(args.paired_against, "paired-against") if args.paired_against else methods[:1]
+    for baseline in baselines:
+        if baseline not in variants:
+            raise UserError(f"--paired-against {baseline} is not a row of --methods ({', '.join(methods)}); name one of them")
+    shared = {k: v for k, v in vars(args).items()
+              if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only", "paired_against")}
     file_values = read_config_file(args.config) if args.config else {}
 
     def resolve(task, label, seed, run_dir):
@@ -114,7 +121,8 @@ def cmd_compare(args) -> int:
     if attention:  # blo-mixup's rows: how far A moved from 1
         table += "\n" + attention
     if len(methods) > 1 and len({r["seed"] for r in results}) > 1:
-        table += "\n" + paired_table(results, tasks, methods)
+        for baseline in baselines:
+            table += "\n" + paired_table(results, tasks, [baseline, *(m for m in methods if m != baseline)])
     write_text_atomic(output_dir / "summary.md", table)
     summary_plot(results, tasks, methods, output_dir / "summary.png", reference)
     print(table)

@@ -177,3 +177,17 @@ def test_a_variant_is_its_own_row_with_its_own_runs(glue_dir, tiny_bert_dir, tmp
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["method"], r["weight_updates"]) for r in rows] == [("vanilla", "2"), ("vanilla+epochs=2", "4")]
     assert "| vanilla+epochs=2 |" in (out / "summary.md").read_text()
+
+
+def test_paired_against_several_rows(glue_dir, tiny_bert_dir, tmp_path, capsys):
+    """--paired-against vanilla,vanilla+epochs=2: one paired table per named row; a name that is no row is refused."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--tasks", "rte", "--methods", "vanilla,vanilla+epochs=2", "--seeds", "1-2", "--train-size", "16",
+            "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--data-dir", str(glue_dir),
+            "--model", str(tiny_bert_dir), "--output-dir", str(out), "--no-save-model"]
+    assert main([*args, "--paired-against", "vanilla-matched"]) == 2
+    assert "--paired-against vanilla-matched is not a row of --methods (vanilla, vanilla+epochs=2)" in capsys.readouterr().err
+    assert main([*args, "--paired-against", "vanilla,vanilla+epochs=2"]) == 0
+    summary = (out / "summary.md").read_text()
+    first, second = summary.split("| against vanilla, same seeds |")[1].split("| against vanilla+epochs=2, same seeds |")
+    assert "| vanilla+epochs=2 | " in first and "| vanilla | " in second
