@@ -154,6 +154,8 @@ def method_variants(text: str) -> dict[str, tuple[str, dict[str, str]]]:
             key = key.replace("-", "_")
             if not value:
                 raise UserError(f"--methods {spec}: option '{key}' has no value; write it as {method}+{key.replace('_', '-')}=VALUE")
+            if key in values:
+                raise UserError(f"--methods {spec}: option '{key}' is set twice; keep one")
             if key in NOT_PER_METHOD:
                 raise UserError(f"--methods {spec}: '{key}' cannot differ between methods of one comparison; "
                                 f"run another comparison for it")

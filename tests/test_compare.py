@@ -150,6 +150,7 @@ def test_method_variants_parse_and_name_their_rows():
     ("vanilla+unroll-steps=5", "unknown option 'unroll_steps'"),  # blo-mixup's option, not vanilla's
     ("blo-mixup+unroll-steps=", "option 'unroll_steps' has no value"),
     ("blo-mixup+seed=3", "'seed' cannot differ between methods"),
+    ("blo-mixup+lr=1e-4+lr=2e-4", "option 'lr' is set twice"),
     ("blo-mixup+5", "write a variant as METHOD+OPTION=VALUE"),
     ("vanilla,vanilla+lr=1e-4,vanilla+lr=1e-4", "names vanilla+lr=1e-4 twice"),
     ("blo-mixop+unroll-steps=5", "unknown method"),
