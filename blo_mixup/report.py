@@ -161,9 +161,10 @@ def paired_table(results: list[dict], tasks: list[str], methods: list[str]) -> s
             return "-"
         mean, std = mean_std(differences)
         wins = sum(d > 0 for d in differences)
+        if len(differences) == 1:  # one seed: no spread and no interval are known, so none is printed
+            return f"{mean:+.2f} ({wins}/1 higher)"
         low, high = mean_interval(differences)
-        interval = f"; 95% CI {low:+.2f} to {high:+.2f}" if len(differences) > 1 else ""
-        return f"{mean:+.2f} ± {std:.2f} ({wins}/{len(differences)} higher{interval})"
+        return f"{mean:+.2f} ± {std:.2f} ({wins}/{len(differences)} higher; 95% CI {low:+.2f} to {high:+.2f})"
 
     lines = [f"| against {baseline}, same seeds | " + " | ".join(tasks + ["average"]) + " |",
              "|" + "---|" * (len(tasks) + 2)]

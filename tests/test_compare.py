@@ -99,12 +99,13 @@ def test_paired_table_differences_on_the_same_seeds():
     results = [{"task": t, "method": m, "seed": s, "main_metric": "accuracy", "main_score": v}
                for t, m, s, v in [("rte", "a", 1, 0.5), ("rte", "a", 2, 0.7), ("rte", "b", 1, 0.55), ("rte", "b", 2, 0.55),
                                   ("mrpc", "a", 1, 0.8), ("mrpc", "a", 2, 0.8), ("mrpc", "b", 1, 0.9), ("mrpc", "b", 2, 0.72),
-                                  ("mrpc", "c", 3, 0.9)]]  # c: no seed shared with a
-    table = paired_table(results, ["rte", "mrpc"], ["a", "b", "c"])
+                                  ("mrpc", "c", 3, 0.9), ("rte", "d", 2, 0.6)]]  # c: no seed shared with a; d: one
+    table = paired_table(results, ["rte", "mrpc"], ["a", "b", "c", "d"])
     # rte: +5, -15; mrpc: +10, -8; average per seed: +7.5, -11.5
     assert ("| b | -5.00 ± 14.14 (1/2 higher; 95% CI -132.06 to +122.06) | +1.00 ± 12.73 (1/2 higher; 95% CI -113.36 to "
             "+115.36) | -2.00 ± 13.44 (1/2 higher; 95% CI -122.71 to +118.71) |") in table  # t(0.975, 1) = 12.706
     assert "| c | - | - | - |" in table
+    assert "| d | -10.00 (0/1 higher) | - | - |" in table  # one paired seed: no ± 0.00, no interval
     assert table.startswith("| against a, same seeds |")
 
 
