@@ -121,9 +121,21 @@ def _rows(indices: list[int]) -> str:
     return f" ({len(indices)} such rows: {shown}{' ...' if len(indices) > 5 else ''})"
 
 
-def _text_columns(option: str | None, table: datasets.Dataset, where: str) -> tuple[str, ...]:
+# Text pairs found without --text-columns, as transformers' run_glue finds sentence1/sentence2.
+KNOWN_PAIRS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"))
+
+
+def _text_columns(option: str | None, table: datasets.Dataset, where: str, label_column: str) -> tuple[str, ...]:
+    """--text-columns, or when it is not given and the file leaves no doubt: its only column besides the label
+    (and idx), or one of KNOWN_PAIRS."""
     found = ", ".join(table.column_names)
     if not option:
+        others = [c for c in table.column_names if c not in (label_column, "idx")]
+        if len(others) == 1:
+            return (others[0],)
+        for pair in KNOWN_PAIRS:
+            if set(pair) <= set(others):
+                return pair
         raise UserError(f"no --text-columns given; name the one or two text columns of {where} (found: {found})")
     columns = tuple(c.strip() for c in option.split(",") if c.strip())
     if not 1 <= len(columns) <= 2 or len(set(columns)) != len(columns):
@@ -345,7 +357,7 @@ def task_data_from_tables(run, name: str, train: tuple[datasets.Dataset, str],
     test_table = read_table(run.test_file, "--test-file") if run.test_file else None
     test_where = f"'{run.test_file}'"
 
-    text_columns = _text_columns(run.text_columns, train_table, train_where)
+    text_columns = _text_columns(run.text_columns, train_table, train_where, column)
     if column in text_columns:
         raise UserError(f"column '{column}' is given as text and as the label; pass another --label-column "
                         f"or --text-columns")

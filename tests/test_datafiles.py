@@ -182,6 +182,19 @@ def test_own_data_named_like_a_glue_task_keeps_its_own_name(tmp_path):
     assert data.task.name == "rte-data" and get_task("rte").source == "glue"
 
 
+def test_text_columns_are_found_when_the_file_leaves_no_doubt(tmp_path):
+    one = write_csv(tmp_path / "one.csv", ["review", "label"], [[f"review {i}", str(i % 2)] for i in range(10)])
+    assert load_task_data(RunConfig(train_file=str(one))).task.text_columns == ("review",)
+    with_idx = write_csv(tmp_path / "idx.csv", ["idx", "stars", "review"], [[str(i), str(i % 2), f"r {i}"] for i in range(10)])
+    assert load_task_data(RunConfig(train_file=str(with_idx), label_column="stars")).task.text_columns == ("review",)
+    pair = write_csv(tmp_path / "pair.csv", ["hypothesis", "premise", "label", "source"],
+                     [[f"h {i}", f"p {i}", str(i % 2), "web"] for i in range(10)])
+    assert load_task_data(RunConfig(train_file=str(pair))).task.text_columns == ("premise", "hypothesis")
+    two = write_csv(tmp_path / "two.csv", ["title", "body", "label"], [[f"t {i}", f"b {i}", str(i % 2)] for i in range(10)])
+    with pytest.raises(UserError, match=r"no --text-columns given; .*found: title, body, label"):
+        load_task_data(RunConfig(train_file=str(two)))
+
+
 # ----------------------------------------------------------------------------------- bad data
 
 
