@@ -111,8 +111,10 @@ def test_two_processes_match_one_in_ftft_and_pac_tuning(extra, glue_dir, tiny_be
     if skip:
         assert max_weight_difference(tmp_path / "one", tmp_path / "two") < 1e-3
     else:  # FTFT: the same data map (hence the same kept third) and the same evaluations
+        # abs 1e-7: the float32 probabilities' rounding (about 6e-8 at p = 0.5) differs between the runs'
+        # reduction orders; with a tiny model the variability itself can be as small as 2e-4
         for key in ("selected", "mean_confidence", "mean_variability"):
-            assert one["ftft"][key] == pytest.approx(two["ftft"][key], rel=1e-6), key
+            assert one["ftft"][key] == pytest.approx(two["ftft"][key], rel=1e-6, abs=1e-7), key
         assert [e["step"] for e in one["ftft"]["main"]["evaluations"]] == [10, 12]
         assert one["ftft"]["main"]["evaluations"] == two["ftft"]["main"]["evaluations"]
 

@@ -9,6 +9,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
@@ -427,3 +428,10 @@ def test_ftft_runs_end_to_end(glue_dir, tiny_bert_dir, tmp_path):
     stats = results["ftft"]
     assert stats["selected"] == 5 and stats["pool"] == 16 and stats["holdout_size"] == 11
     assert stats["reference"]["epochs"] == 2 and stats["selected_mean_variability"] >= stats["mean_variability"]
+    # the data map: every pool example once, the selected ones the most variable, labels counted right
+    table = pd.read_csv(tmp_path / "ftft" / stats["data_map"])
+    assert len(table) == 16 and table["idx"].is_unique
+    assert table["selected"].sum() == 5 and table["held_out"].sum() == 11 and not (table["selected"] & table["held_out"]).any()
+    assert table.loc[table["selected"] == 1, "variability"].min() >= table.loc[table["selected"] == 0, "variability"].max()
+    assert table.loc[table["selected"] == 1, "label"].value_counts().to_dict() == {k: v for k, v in stats["selected_label_counts"].items() if v}
+    assert sum(stats["selected_label_counts"].values()) == 5

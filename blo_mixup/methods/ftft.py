@@ -34,6 +34,7 @@ from ..errors import UserError
 from .base import Method, register
 
 SELECTIONS = ("ambiguous", "hard-to-learn", "random")
+DATA_MAP_FILE = "ftft_data_map.csv"  # in the run folder: the reference model's data map and the selection
 HOLDOUTS = ("unselected", "split")
 
 
@@ -71,6 +72,27 @@ def data_map(records: dict[int, list[float]]) -> tuple[list[int], np.ndarray, np
     return ids, confidence, variability
 
 
+def write_data_map(path, pool_raw, task, ids, confidence, variability, selected, held_out) -> None:
+    """The data map as a table, one row per training example: idx, its text and label as read, confidence,
+    variability, whether FTFT trained on it (selected) and whether early stopping scored on it (held_out).
+    Rows of the pool only: with --ftft-holdout split the held-out rows had no reference dynamics."""
+    import pandas as pd
+
+    from ..predict import write_table
+
+    row = {int(i): r for r, i in enumerate(pool_raw["idx"])}
+    chosen, scored = set(selected), set(held_out)
+    table = pd.DataFrame({"idx": ids})
+    for column in task.text_columns:
+        table[column] = [pool_raw[row[i]][column] for i in ids]
+    labels = [pool_raw[row[i]]["label"] for i in ids]
+    table["label"] = labels if task.label_names is None else [task.label_names[int(y)] for y in labels]
+    table["confidence"], table["variability"] = confidence, variability
+    table["selected"] = [int(i in chosen) for i in ids]
+    table["held_out"] = [int(i in scored) for i in ids]
+    write_table(table, path)
+
+
 def select_examples(ids, confidence, variability, mode: str, fraction: float, seed: int) -> list[int]:
     """The ids of the kept examples: exactly max(1, round(fraction * n)) of them.
 
@@ -85,6 +107,16 @@ def select_examples(ids, confidence, variability, mode: str, fraction: float, se
         key = -np.asarray(variability) if mode == "ambiguous" else np.asarray(confidence)
         chosen = np.lexsort((ids, key))[:k]  # sort by key, then by id
     return sorted(int(i) for i in ids[chosen])
+
+
+def label_counts(raw, ids, task) -> dict[str, int] | None:
+    """How many examples of each label are among `ids` (classification; None for regression): a selection
+    that is mostly one class trains a model that mostly predicts it."""
+    if task.label_names is None:
+        return None
+    wanted = set(int(i) for i in ids)
+    labels = [int(y) for i, y in zip(raw["idx"], raw["label"]) if int(i) in wanted]
+    return {name: labels.count(k) for k, name in enumerate(task.label_names)}
 
 
 class _DynamicsRecorder(Method):
@@ -257,6 +289,10 @@ class Ftft(Method):
         if not held_out:
             raise UserError("FTFT has no held-out training examples for early stopping; lower --ftft-fraction or raise --train-size")
         holdout = ctx.train.select(sorted(position[int(i)] for i in held_out))
+        from ..distributed import is_main_process
+
+        if is_main_process():  # written before the main model trains: it explains what the model will see
+            write_data_map(ctx.output_dir / DATA_MAP_FILE, pool_raw, ctx.task, ids, confidence, variability, selected, held_out)
         max_steps = o.ftft_max_steps or steps_for(len(ctx.train), run.batch_size, run.epochs)
         eval_every = o.ftft_eval_every or max(1, max_steps // 10)
         main = train_with_early_stopping(model, self, ctx, train_data, holdout, max_steps=max_steps, eval_every=eval_every,
@@ -265,6 +301,8 @@ class Ftft(Method):
                            "holdout": o.ftft_holdout, "holdout_size": len(held_out),
                            "mean_confidence": float(confidence.mean()), "mean_variability": float(variability.mean()),
                            "selected_mean_variability": float(variability[np.isin(ids, selected)].mean()),
+                           "selected_label_counts": label_counts(ctx.train_raw, selected, ctx.task),
+                           "data_map": DATA_MAP_FILE,
                            "main": main})
         return {"steps": main["steps"], "train_time_s": time.perf_counter() - start, "final_train_loss": main["final_train_loss"],
                 **({"skipped_steps": main["skipped_steps"]} if "skipped_steps" in main else {})}
