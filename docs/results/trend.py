@@ -1,0 +1,110 @@
+"""The paper's trend: plain fine-tuning against blo-mixup as the training set grows (docs/results/README.md).
+
+Reads the finished runs of one comparison folder per training size (300 is the table's own runs),
+pairs the two methods on the same seeds, and writes trend/summary.md and trend/trend.png. Trains nothing.
+
+    python docs/results/trend.py --seeds 1-5
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from blo_mixup.report import mean_interval, mean_std
+
+HERE = Path(__file__).resolve().parent
+FOLDERS = {300: HERE / "table-300", 500: HERE / "trend-500", 1000: HERE / "trend-1000"}
+TASKS = {"sst2": "SST-2 (accuracy)", "stsb": "STS-B (Spearman)"}
+METHODS = ("vanilla", "blo-mixup")
+
+
+def read_scores(seeds: set[int]) -> dict[tuple[str, str, int, int], float]:
+    """(task, method, size, seed) -> main score x100, from each finished run's results.json (a folder's
+    results.csv holds whatever its last compare process covered)."""
+    scores = {}
+    for size, folder in FOLDERS.items():
+        for task in TASKS:
+            for method in METHODS:
+                for seed in seeds:
+                    path = folder / "runs" / task / method / f"seed{seed}" / "results.json"
+                    if path.is_file():
+                        result = json.loads(path.read_text())
+                        assert result["train_size"] == size, (path, result["train_size"])
+                        scores[task, method, size, seed] = 100 * result["main_score"]
+    return scores
+
+
+def cell(values: list[float], wanted: int) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    text = f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+    return text + (f" ({len(values)} of {wanted} seeds)" if len(values) < wanted else "")
+
+
+def difference(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    higher = sum(d > 0 for d in values)
+    if len(values) == 1:
+        return f"{mean:+.2f} (one seed)"
+    low, high = mean_interval(values)
+    return f"{mean:+.2f} ± {std:.2f} ({higher}/{len(values)} higher; 95% CI {low:+.2f} to {high:+.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="1-5")
+    first, last = parser.parse_args().seeds.split("-")
+    seeds = set(range(int(first), int(last) + 1))
+    scores = read_scores(seeds)
+    lines = []
+    for task, title in TASKS.items():
+        lines += [f"**{title}**, dev x100, mean ± std over seeds {first}-{last}; blo-mixup - vanilla on the same seeds:", "",
+                  "| training examples | vanilla | blo-mixup | blo-mixup - vanilla |", "|---|---|---|---|"]
+        for size in FOLDERS:
+            runs = {m: {s: v for (t, mm, n, s), v in scores.items() if (t, mm, n) == (task, m, size)} for m in METHODS}
+            paired = [runs["blo-mixup"][s] - runs["vanilla"][s] for s in sorted(runs["vanilla"]) if s in runs["blo-mixup"]]
+            lines.append(f"| {size} | {cell(list(runs['vanilla'].values()), len(seeds))} | "
+                         f"{cell(list(runs['blo-mixup'].values()), len(seeds))} | {difference(paired)} |")
+        lines.append("")
+    out = HERE / "trend"
+    out.mkdir(exist_ok=True)
+    (out / "summary.md").write_text("\n".join(lines))
+    plot(scores, out / "trend.png", f"seeds {first}-{last}")
+    print("\n".join(lines))
+
+
+def plot(scores, path: Path, seeds_text: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(FOLDERS)
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.8), squeeze=False)
+    for ax, (task, title) in zip(axes.flat, TASKS.items()):
+        for offset, method, color in ((-8, "vanilla", "#888888"), (8, "blo-mixup", "#1f4e79")):
+            xs, means, stds = [], [], []
+            for size in sizes:
+                values = [v for (t, m, n, _), v in scores.items() if (t, m, n) == (task, method, size)]
+                if values:
+                    ax.scatter([size + offset] * len(values), values, color=color, s=10, alpha=0.5)
+                    mean, std = mean_std(values)
+                    xs.append(size + offset), means.append(mean), stds.append(std)
+            if xs:
+                ax.errorbar(xs, means, yerr=stds, color=color, marker="o", capsize=3, label=method)
+        ax.set_title(title)
+        ax.set_xticks(sizes)
+        ax.set_xlabel("training examples")
+        ax.set_ylabel("dev score x100")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+    fig.suptitle(f"mean ± std over {seeds_text} (dots: seeds; a size with fewer seeds is still running)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
