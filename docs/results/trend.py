@@ -10,9 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
+from blo_mixup.data import load_glue
+from blo_mixup.metrics import constant_prediction_score
 from blo_mixup.report import mean_interval, mean_std
 
 HERE = Path(__file__).resolve().parent
+GLUE = Path("../shared/data/glue")  # run from the repository root, as the table's commands
 FOLDERS = {300: HERE / "table-300", 500: HERE / "trend-500", 1000: HERE / "trend-1000"}
 TASKS = {"sst2": "SST-2 (accuracy)", "stsb": "STS-B (Spearman)"}
 METHODS = ("vanilla", "blo-mixup")
@@ -59,9 +62,11 @@ def main() -> None:
     first, last = parser.parse_args().seeds.split("-")
     seeds = set(range(int(first), int(last) + 1))
     scores = read_scores(seeds)
+    constant = {task: 100 * constant_prediction_score(task, load_glue(task, GLUE)["validation"]) for task in TASKS}
     lines = []
     for task, title in TASKS.items():
-        lines += [f"**{title}**, dev x100, mean ± std over seeds {first}-{last}; blo-mixup - vanilla on the same seeds:", "",
+        lines += [f"**{title}**, dev x100, mean ± std over seeds {first}-{last}; blo-mixup - vanilla on the same seeds; "
+                  f"a constant prediction scores {constant[task]:.2f}:", "",
                   "| training examples | vanilla | blo-mixup | blo-mixup - vanilla |", "|---|---|---|---|"]
         for size in FOLDERS:
             runs = {m: {s: v for (t, mm, n, s), v in scores.items() if (t, mm, n) == (task, m, size)} for m in METHODS}
@@ -72,11 +77,11 @@ def main() -> None:
     out = HERE / "trend"
     out.mkdir(exist_ok=True)
     (out / "summary.md").write_text("\n".join(lines))
-    plot(scores, out / "trend.png", f"seeds {first}-{last}")
+    plot(scores, constant, out / "trend.png", f"seeds {first}-{last}")
     print("\n".join(lines))
 
 
-def plot(scores, path: Path, seeds_text: str) -> None:
+def plot(scores, constant: dict[str, float], path: Path, seeds_text: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,8 +100,10 @@ def plot(scores, path: Path, seeds_text: str) -> None:
                     xs.append(size + offset), means.append(mean), stds.append(std)
             if xs:
                 ax.errorbar(xs, means, yerr=stds, color=color, marker="o", capsize=3, label=method)
+        ax.axhline(constant[task], color="#c0392b", linestyle=":", linewidth=1.0, label="constant prediction")
         ax.set_title(title)
         ax.set_xticks(sizes)
+        ax.set_xlim(sizes[0] - 60, sizes[-1] + 60)
         ax.set_xlabel("training examples")
         ax.set_ylabel("dev score x100")
         ax.legend(loc="lower right", fontsize=8, frameon=False)
