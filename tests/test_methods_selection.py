@@ -15,6 +15,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
 from blo_mixup.config import RunConfig
+from blo_mixup.data import get_task, load_glue
 from blo_mixup.finetune import build_context, run_finetune
 from blo_mixup.methods import get_method
 from blo_mixup.methods import dps, ftft, guided_dropout, pac_tuning
@@ -435,3 +436,22 @@ def test_ftft_runs_end_to_end(glue_dir, tiny_bert_dir, tmp_path):
     assert table.loc[table["selected"] == 1, "variability"].min() >= table.loc[table["selected"] == 0, "variability"].max()
     assert table.loc[table["selected"] == 1, "label"].value_counts().to_dict() == {k: v for k, v in stats["selected_label_counts"].items() if v}
     assert sum(stats["selected_label_counts"].values()) == 5
+    assert_rows_are_their_examples(table, glue_dir)
+
+
+def assert_rows_are_their_examples(table, glue_dir):
+    """Each row of a data map holds the text and label of the RTE training example its idx names."""
+    train = load_glue("rte", glue_dir)["train"]
+    source = {int(i): (a, b, y) for i, a, b, y in zip(train["idx"], train["sentence1"], train["sentence2"], train["label"])}
+    names = get_task("rte").label_names
+    for i, a, b, y in zip(table["idx"], table["sentence1"], table["sentence2"], table["label"]):
+        assert (a, b, y) == (source[i][0], source[i][1], names[source[i][2]])
+
+
+def test_ftft_data_map_with_a_held_out_split(glue_dir, tiny_bert_dir, tmp_path):
+    """With --ftft-holdout split the pool is a shuffled part of the subsample: rows must still line up."""
+    stats = smoke(glue_dir, tiny_bert_dir, tmp_path, "ftft", ftft_holdout="split", ftft_holdout_ratio=0.25)["ftft"]
+    table = pd.read_csv(tmp_path / "ftft" / stats["data_map"])
+    assert len(table) == stats["pool"] == 12 and table["selected"].sum() == stats["selected"]
+    assert table["held_out"].sum() == 0  # the held-out split had no reference run, so it is not in the map
+    assert_rows_are_their_examples(table, glue_dir)

@@ -81,11 +81,12 @@ def write_data_map(path, pool_raw, task, ids, confidence, variability, selected,
     from ..predict import write_table
 
     row = {int(i): r for r, i in enumerate(pool_raw["idx"])}
+    rows = pool_raw.select([row[int(i)] for i in ids])  # in the data map's order
     chosen, scored = set(selected), set(held_out)
     table = pd.DataFrame({"idx": ids})
     for column in task.text_columns:
-        table[column] = [pool_raw[row[i]][column] for i in ids]
-    labels = [pool_raw[row[i]]["label"] for i in ids]
+        table[column] = rows[column]
+    labels = rows["label"]
     table["label"] = labels if task.label_names is None else [task.label_names[int(y)] for y in labels]
     table["confidence"], table["variability"] = confidence, variability
     table["selected"] = [int(i in chosen) for i in ids]
@@ -110,8 +111,8 @@ def select_examples(ids, confidence, variability, mode: str, fraction: float, se
 
 
 def label_counts(raw, ids, task) -> dict[str, int] | None:
-    """How many examples of each label are among `ids` (classification; None for regression): a selection
-    that is mostly one class trains a model that mostly predicts it."""
+    """How many examples of each label are among `ids` (classification; None for regression): whether the
+    kept third is lopsided shows here, without opening the data map."""
     if task.label_names is None:
         return None
     wanted = set(int(i) for i in ids)
