@@ -28,7 +28,7 @@ class DataOptions:
     test_file: str | None = field(default=None, metadata={"help": "more data scored and predicted after training (test_metrics, test_predictions.csv); its label column may be missing"})
     dataset: str | None = field(default=None, metadata={"help": "a Hugging Face hub dataset (its train and validation splits) instead of --train-file; needs the network"})
     dataset_config: str | None = field(default=None, metadata={"help": "the configuration of the --dataset"})
-    text_columns: str | None = field(default=None, metadata={"help": "your data's text column, or two for text pairs: text or premise,hypothesis"})
+    text_columns: str | None = field(default=None, metadata={"help": "your data's text column, or two for text pairs: text or premise,hypothesis; may be left out when the file has one column besides the label, or a known pair"})
     label_column: str = field(default="label", metadata={"help": "your data's column of labels (or scores, for regression)"})
     problem_type: str | None = field(default=None, metadata={"help": "default: regression when the labels hold a non-integer number, else classification", "choices": ("classification", "regression")})
     metric: str | None = field(default=None, metadata={"help": "main metric of your data: accuracy (default), macro_f1, f1 (two labels), matthews_correlation; regression: spearmanr (default), pearson"})
