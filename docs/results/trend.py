@@ -21,10 +21,11 @@ TASKS = {"sst2": "SST-2 (accuracy)", "stsb": "STS-B (Spearman)"}
 METHODS = ("vanilla", "blo-mixup")
 
 
-def read_scores(seeds: set[int]) -> dict[tuple[str, str, int, int], float]:
+def read_runs(seeds: set[int]) -> tuple[dict[tuple[str, str, int, int], float], dict[tuple[str, int], list]]:
     """(task, method, size, seed) -> main score x100, from each finished run's results.json (a folder's
-    results.csv holds whatever its last compare process covered)."""
-    scores = {}
+    results.csv holds whatever its last compare process covered); and (task, size) -> blo-mixup's
+    per-matrix attention statistics (mean and min of A) of each of its runs."""
+    scores, attention = {}, {}
     for size, folder in FOLDERS.items():
         for task in TASKS:
             for method in METHODS:
@@ -34,7 +35,22 @@ def read_scores(seeds: set[int]) -> dict[tuple[str, str, int, int], float]:
                         result = json.loads(path.read_text())
                         assert result["train_size"] == size, (path, result["train_size"])
                         scores[task, method, size, seed] = 100 * result["main_score"]
-    return scores
+                        if method == "blo-mixup":
+                            attention.setdefault((task, size), []).append(result["training"]["attention"])
+    return scores, attention
+
+
+def attention_line(task: str, attention) -> str:
+    """How far the learned attention moved, per size: the range of the per-matrix mean of A and of its
+    smallest entry over blo-mixup's runs (A = 1 everywhere is plain W)."""
+    parts = []
+    for size in FOLDERS:
+        matrices = [m for run in attention.get((task, size), []) for m in run.values()]
+        if matrices:
+            means, mins = [m["mean"] for m in matrices], [m["min"] for m in matrices]
+            parts.append(f"{size}: mean A per matrix {min(means):.3f}-{max(means):.3f}, "
+                         f"smallest entry {min(mins):.2f}-{max(mins):.2f}")
+    return "blo-mixup's learned attention (over its runs and mixed matrices) - " + "; ".join(parts) + "."
 
 
 def cell(values: list[float], wanted: int) -> str:
@@ -61,7 +77,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1-5")
     first, last = parser.parse_args().seeds.split("-")
     seeds = set(range(int(first), int(last) + 1))
-    scores = read_scores(seeds)
+    scores, attention = read_runs(seeds)
     constant = {task: 100 * constant_prediction_score(task, load_glue(task, GLUE)["validation"]) for task in TASKS}
     lines = []
     for task, title in TASKS.items():
@@ -73,7 +89,7 @@ def main() -> None:
             paired = [runs["blo-mixup"][s] - runs["vanilla"][s] for s in sorted(runs["vanilla"]) if s in runs["blo-mixup"]]
             lines.append(f"| {size} | {cell(list(runs['vanilla'].values()), len(seeds))} | "
                          f"{cell(list(runs['blo-mixup'].values()), len(seeds))} | {difference(paired)} |")
-        lines.append("")
+        lines += ["", attention_line(task, attention), ""]
     out = HERE / "trend"
     out.mkdir(exist_ok=True)
     (out / "summary.md").write_text("\n".join(lines))
