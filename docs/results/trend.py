@@ -93,7 +93,8 @@ def main() -> None:
     out = HERE / "trend"
     out.mkdir(exist_ok=True)
     (out / "summary.md").write_text("\n".join(lines))
-    plot(scores, constant, out / "trend.png", f"seeds {first}-{last}")
+    complete = len(scores) == len(TASKS) * len(METHODS) * len(FOLDERS) * len(seeds)
+    plot(scores, constant, out / "trend.png", f"seeds {first}-{last}" + ("" if complete else "; a size with fewer seeds is still running"))
     print("\n".join(lines))
 
 
@@ -123,7 +124,7 @@ def plot(scores, constant: dict[str, float], path: Path, seeds_text: str) -> Non
         ax.set_xlabel("training examples")
         ax.set_ylabel("dev score x100")
         ax.legend(loc="lower right", fontsize=8, frameon=False)
-    fig.suptitle(f"mean ± std over {seeds_text} (dots: seeds; a size with fewer seeds is still running)", fontsize=9)
+    fig.suptitle(f"mean ± std over {seeds_text} (dots: single seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
