@@ -12,7 +12,7 @@ from pathlib import Path
 
 from blo_mixup.data import load_glue
 from blo_mixup.metrics import constant_prediction_score
-from blo_mixup.report import mean_interval, mean_std
+from blo_mixup.report import attention_of, mean_interval, mean_std
 
 HERE = Path(__file__).resolve().parent
 GLUE = Path("../shared/data/glue")  # run from the repository root, as the table's commands
@@ -21,11 +21,11 @@ TASKS = {"sst2": "SST-2 (accuracy)", "stsb": "STS-B (Spearman)"}
 METHODS = ("vanilla", "blo-mixup")
 
 
-def read_runs(seeds: set[int]) -> tuple[dict[tuple[str, str, int, int], float], dict[tuple[str, int], list]]:
+def read_runs(seeds: set[int]) -> tuple[dict[tuple[str, str, int, int], float], dict[tuple[str, int], list], dict]:
     """(task, method, size, seed) -> main score x100, from each finished run's results.json (a folder's
-    results.csv holds whatever its last compare process covered); and (task, size) -> blo-mixup's
-    per-matrix attention statistics (mean and min of A) of each of its runs."""
-    scores, attention = {}, {}
+    results.csv holds whatever its last compare process covered); (task, size) -> blo-mixup's per-matrix
+    attention statistics (mean and min of A) of each of its runs; (task, method, size) -> training times (s)."""
+    scores, attention, times = {}, {}, {}
     for size, folder in FOLDERS.items():
         for task in TASKS:
             for method in METHODS:
@@ -35,9 +35,10 @@ def read_runs(seeds: set[int]) -> tuple[dict[tuple[str, str, int, int], float], 
                         result = json.loads(path.read_text())
                         assert result["train_size"] == size, (path, result["train_size"])
                         scores[task, method, size, seed] = 100 * result["main_score"]
-                        if method == "blo-mixup":
-                            attention.setdefault((task, size), []).append(result["training"]["attention"])
-    return scores, attention
+                        times.setdefault((task, method, size), []).append(result["train_time_s"])
+                        if attention_of(result):
+                            attention.setdefault((task, size), []).append(attention_of(result))
+    return scores, attention, times
 
 
 def attention_line(task: str, attention) -> str:
@@ -51,6 +52,14 @@ def attention_line(task: str, attention) -> str:
             parts.append(f"{size}: mean A per matrix {min(means):.3f}-{max(means):.3f}, "
                          f"smallest entry {min(mins):.2f}-{max(mins):.2f}")
     return "blo-mixup's learned attention (over its runs and mixed matrices) - " + "; ".join(parts) + "."
+
+
+def time_line(task: str, times) -> str:
+    """blo-mixup's training time against plain fine-tuning's, per size (mean over seeds). The runs shared
+    the CPU with a second process, so this is rough; `blo-mixup bench` measures cost properly."""
+    parts = [f"{size}: {mean_std(times[task, 'blo-mixup', size])[0] / mean_std(times[task, 'vanilla', size])[0]:.1f}x"
+             for size in FOLDERS if (task, "blo-mixup", size) in times and (task, "vanilla", size) in times]
+    return "blo-mixup's training time / plain fine-tuning's (mean over seeds; two processes shared the CPU) - " + ", ".join(parts) + "."
 
 
 def cell(values: list[float], wanted: int) -> str:
@@ -77,7 +86,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1-5")
     first, last = parser.parse_args().seeds.split("-")
     seeds = set(range(int(first), int(last) + 1))
-    scores, attention = read_runs(seeds)
+    scores, attention, times = read_runs(seeds)
     constant = {task: 100 * constant_prediction_score(task, load_glue(task, GLUE)["validation"]) for task in TASKS}
     lines = []
     for task, title in TASKS.items():
@@ -89,7 +98,7 @@ def main() -> None:
             paired = [runs["blo-mixup"][s] - runs["vanilla"][s] for s in sorted(runs["vanilla"]) if s in runs["blo-mixup"]]
             lines.append(f"| {size} | {cell(list(runs['vanilla'].values()), len(seeds))} | "
                          f"{cell(list(runs['blo-mixup'].values()), len(seeds))} | {difference(paired)} |")
-        lines += ["", attention_line(task, attention), ""]
+        lines += ["", attention_line(task, attention), "", time_line(task, times), ""]
     out = HERE / "trend"
     out.mkdir(exist_ok=True)
     (out / "summary.md").write_text("\n".join(lines))
