@@ -10,8 +10,12 @@ evaluation set (for GLUE the dev set, which the low-resource protocol uses as it
 the task's text columns, "label" (a ClassLabel index, or a float32 score for regression) and "idx"
 (the row's position in its file or split, stable across runs).
 
+SST-2 ships with the package (glue_data/SST-2, the full official train and dev splits, xz-compressed;
+source and licence in glue_data/README.md): `--task sst2` without --data-dir reads that copy, so the
+demo and the tests need no network. The other tasks come from the hub unless --data-dir is given.
+
 A local folder uses the classic GLUE layout, `<data_dir>/RTE/train.tsv` and `dev.tsv`
-(MNLI: `dev_matched.tsv`), read with quoting off (csv.QUOTE_NONE) as the files require: with
+(MNLI: `dev_matched.tsv`; a file may be xz-compressed as `train.tsv.xz`), read with quoting off (csv.QUOTE_NONE) as the files require: with
 default quoting MRPC and STS-B fail to parse and RTE silently loses quote characters. Files are
 checked as they are read; every problem is a UserError that names the file (and line) and the fix.
 """
@@ -19,6 +23,7 @@ checked as they are read; every problem is a UserError that names the file (and 
 from __future__ import annotations
 
 import io
+import lzma
 import math
 import os
 from dataclasses import dataclass
@@ -112,6 +117,10 @@ _LOCAL_LAYOUTS: dict[str, _LocalLayout] = {
 
 _ALIASES = {"sts-b": "stsb", "sst-2": "sst2"}
 
+# The GLUE tasks that ship with the package, in the classic layout (files xz-compressed).
+PACKAGED_GLUE_DIR = Path(__file__).resolve().parent / "glue_data"
+PACKAGED_TASKS = ("sst2",)
+
 
 # Tasks made from your own data in this process, by name: get_task and load_glue find them too.
 _OWN_DATA: dict[str, tuple[TaskSpec, datasets.DatasetDict]] = {}
@@ -160,11 +169,14 @@ def load_glue(task: TaskSpec | str, data_dir: str | os.PathLike | None = None) -
     """The task's train and dev sets as {"train", "validation"}: text columns, "label", "idx".
 
     With `data_dir`, reads `<data_dir>/<folder>/train.tsv` and the dev file of the classic GLUE
-    layout; without it, downloads "nyu-mll/glue" from the hub (or uses the datasets cache).
+    layout; without it, the copy that ships with the package (SST-2), else "nyu-mll/glue" from the hub
+    (or the datasets cache).
     """
     task = get_task(task)
     if task.source != "glue":  # your own data, loaded earlier (datafiles.py): its training rows
         return _OWN_DATA[task.name][1]
+    if data_dir is None and task.name in PACKAGED_TASKS:
+        data_dir = PACKAGED_GLUE_DIR
     if data_dir is None:
         return _load_from_hub(task)
     root = Path(data_dir)
@@ -211,15 +223,20 @@ def _features(task: TaskSpec) -> datasets.Features:
 
 
 def _read_split(path: Path, task: TaskSpec, layout: _LocalLayout) -> datasets.Dataset:
-    """Read one TSV file of the classic GLUE layout, checking its shape, columns and labels."""
-    if not path.is_file():
+    """Read one TSV file of the classic GLUE layout (or its .xz), checking its shape, columns and labels."""
+    compressed = path.with_name(path.name + ".xz")
+    if not path.is_file() and not compressed.is_file():
         raise UserError(
             f"GLUE file '{path}' is missing; put the {task.name} {path.stem} split there "
             f"(classic GLUE layout) or pass another --data-dir"
         )
     # utf-8-sig drops the byte-order mark that starts MRPC's header; plain UTF-8 files read the same.
     try:
-        text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+        raw = path.read_bytes() if path.is_file() else lzma.decompress(compressed.read_bytes())
+        text = raw.decode("utf-8-sig").replace("\r\n", "\n")
+    except lzma.LZMAError as error:
+        raise UserError(f"GLUE file '{compressed}' is not valid xz data ({error}); replace it with the "
+                        f"uncompressed {path.name}") from None
     except UnicodeDecodeError as error:
         raise UserError(f"GLUE file '{path}' is not UTF-8 text ({error}); save it as UTF-8") from None
     lines = text.split("\n")
