@@ -1,9 +1,12 @@
 """`blo-mixup compare`: every (task, method, seed) run, resumable, then results.csv, summary.md, summary.png.
 
 The tasks are GLUE tasks (--tasks) or your own data (--train-file or --dataset, one "task" named after it).
-Each run lives in OUTPUT_DIR/runs/<task>/<method>/seed<seed>/. A run with results.json is finished and
-never redone; a killed run continues from its checkpoints. A method may carry options of its own for its
-runs only, as a variant ("blo-mixup+unroll-steps=5"): its own row, its own run folders.
+Each run lives in OUTPUT_DIR/runs/<task>/<method>/seed<seed>/. A run is finished when its folder holds
+results.json or OUTPUT_DIR/results.csv holds its row (a table committed without its run folders), and is
+never redone; a killed run continues from its checkpoints. results.csv is rewritten from both, so it keeps
+every finished run of the folder, inside this plan or not, and --report-only needs neither the run folders
+nor the data. A method may carry options of its own for its runs only, as a variant
+("blo-mixup+unroll-steps=5"): its own row, its own run folders.
 """
 
 from __future__ import annotations
@@ -49,10 +52,9 @@ def cmd_compare(args) -> int:
     from .data import get_task
     from .datafiles import load_task_data
     from .finetune import run_finetune
-    from .metrics import constant_prediction_score
     from .methods import get_method
-    from .report import attention_table, paired_table, summary_plot, summary_table, updates_table, write_results_csv
-    from .runs import is_finished, read_results, write_text_atomic
+    from .report import attention_table, paired_table, result_row, summary_plot, summary_table, updates_table, write_results_csv
+    from .runs import write_text_atomic
 
     glue = args.tasks is not None  # else your own data (--train-file or --dataset): one "task"
     tasks = [get_task(t).name for t in comma_list(args.tasks, "tasks")] if glue else [None]
@@ -87,12 +89,13 @@ def cmd_compare(args) -> int:
         tasks = [data.task.name]
     output_dir.mkdir(parents=True, exist_ok=True)
     plan = [(t, m, s) for t in tasks for m in methods for s in seeds]
+    finished = finished_rows(output_dir)
     results, durations = [], []
     for i, (task, method, seed) in enumerate(plan, 1):
         run_dir = output_dir / "runs" / task / method / f"seed{seed}"
         line = f"[{i}/{len(plan)}] {task} {method} seed {seed}"
-        if is_finished(run_dir):
-            results.append({**read_results(run_dir), "method": method})
+        if (task, method, seed) in finished:
+            results.append(finished[task, method, seed])
             print(f"{line}: done earlier, main score {results[-1]['main_score']:.4f}", flush=True)
             continue
         if args.report_only:
@@ -103,15 +106,17 @@ def cmd_compare(args) -> int:
         print(f"{line}: running{eta}", flush=True)
         run, method_obj = resolve(task if glue else None, method, seed, run_dir)
         started = time.perf_counter()
-        results.append({**run_finetune(run, method_obj), "method": method})
+        results.append(result_row({**run_finetune(run, method_obj), "method": method}))
+        finished[task, method, seed] = results[-1]
         durations.append((method, time.perf_counter() - started))
         print(f"{line}: main score {results[-1]['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
 
-    write_results_csv(results, output_dir / "results.csv")
+    reference = _constant_prediction_scores(results, tasks, seeds, lambda task, seed: resolve(task, methods[0], seed, output_dir)[0],
+                                            data)
+    planned = set(plan)  # this plan's rows first, in its order, then the folder's other finished runs
+    write_results_csv(results + [row for key, row in finished.items() if key not in planned], output_dir / "results.csv")
     if not results:
-        raise UserError(f"no finished run in {output_dir / 'runs'} yet; run the comparison without --report-only first")
-    reference = (_constant_prediction_scores(tasks, seeds, lambda task, seed: resolve(task, methods[0], seed, output_dir)[0])
-                 if glue else {data.task.name: constant_prediction_score(data.task, data.evaluation)})
+        raise UserError(f"no finished run in {output_dir} yet; run the comparison without --report-only first")
     table = summary_table(results, tasks, methods, seeds, reference)
     heldout = resolve(tasks[0], methods[0], seeds[0], output_dir)[0].heldout_size
     if heldout:  # say so before anyone reads the numbers as dev scores
@@ -169,21 +174,50 @@ def method_variants(text: str) -> dict[str, tuple[str, dict[str, str]]]:
     return variants
 
 
-def _constant_prediction_scores(tasks, seeds, run_of) -> dict[str, float]:
-    """Each task's score for a constant prediction on the runs' evaluation set: the dev set, or with
-    --heldout-size each seed's held-out rows (the mean over seeds); run_of(task, seed) is a run's RunConfig.
-    None where the data cannot be read now (a --report-only without the data): the summary goes without it."""
+def finished_rows(output_dir: Path) -> dict[tuple[str, str, int], dict]:
+    """(task, row label, seed) -> results.csv row (report.result_row) of every finished run in a comparison
+    folder: the rows of its results.csv, then its run folders' results.json (which win: they hold the run)."""
+    from .report import read_results_csv, result_row
+    from .runs import RESULTS, read_results
+
+    rows = {}
+    if (output_dir / "results.csv").is_file():
+        rows = {(r["task"], r["method"], r["seed"]): r for r in read_results_csv(output_dir / "results.csv")}
+    for path in sorted((output_dir / "runs").glob(f"*/*/seed*/{RESULTS}")):
+        task, label, seed = path.parts[-4], path.parts[-3], int(path.parts[-2].removeprefix("seed"))
+        rows[task, label, seed] = result_row({**rows.get((task, label, seed), {}), **read_results(path.parent), "method": label})
+    return rows
+
+
+def _constant_prediction_scores(rows, tasks, seeds, run_of, data=None) -> dict[str, float]:
+    """Each task's score for a constant prediction on the runs' evaluation set (the dev set, or with
+    --heldout-size each seed's held-out rows: the mean over seeds), and each row's constant_score filled in.
+    Read from the rows where they hold it (runs record it), else from the data; run_of(task, seed) is a
+    run's RunConfig. A task whose data cannot be read now goes without it (the summary says nothing)."""
     from .datafiles import load_task_data
     from .metrics import constant_prediction_score
 
     reference = {}
     for task in tasks:
-        runs = [run_of(task, seed) for seed in seeds]
-        runs = runs if runs[0].heldout_size else runs[:1]  # the dev set is the same for every seed
+        per_seed = {r["seed"]: r["constant_score"] for r in rows if r["task"] == task and r.get("constant_score") is not None}
+        missing = [s for s in seeds if s not in per_seed and any(r["task"] == task and r["seed"] == s for r in rows)]
         try:
-            reference[task] = statistics.fmean(constant_prediction_score(task, load_task_data(run).evaluation) for run in runs)
+            for seed in missing:
+                run = run_of(task, seed)
+                if data is not None and data.task.name == task:
+                    per_seed[seed] = constant_prediction_score(data.task, data.evaluation)
+                elif run.heldout_size or not per_seed:  # the dev set is the same for every seed
+                    per_seed[seed] = constant_prediction_score(task, load_task_data(run).evaluation)
+                else:
+                    per_seed[seed] = next(iter(per_seed.values()))
         except (UserError, OSError, ValueError) as exc:
             print(f"no constant-prediction reference for {task}: {exc}", flush=True)
+            continue
+        for r in rows:
+            if r["task"] == task and r.get("constant_score") is None:
+                r["constant_score"] = per_seed[r["seed"]]
+        if per_seed:
+            reference[task] = statistics.fmean(per_seed[s] for s in sorted(per_seed) if s in seeds)
     return reference
 
 

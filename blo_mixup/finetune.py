@@ -17,6 +17,7 @@ from .config import RunConfig, small_model_lr, to_dict, validate_run_config, wit
 from .distributed import is_main_process
 from .errors import UserError
 from .logs import RunLog, logging_to
+from .metrics import constant_prediction_score
 from .models import pick_device
 from .runs import LOGS, MODEL_DIR, RESULTS, prepare_output_dir, save_pretrained_atomic, write_json_atomic
 from .training import NonFiniteError, RunContext, model_outputs
@@ -115,6 +116,8 @@ def finetune_with_model(run: RunConfig, method, data=None):
         "metrics": metrics,
         "main_metric": task.main_metric,
         "main_score": metrics[task.main_metric],
+        # what a constant prediction (the majority class; the mean score for regression) scores here
+        "constant_score": constant_prediction_score(task, data.evaluation),
         "evaluation_set": data.evaluation_set,
         "evaluation_size": len(data.evaluation),
         "predictions": PREDICTIONS,

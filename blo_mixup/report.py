@@ -3,43 +3,68 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from pathlib import Path
 
 from .runs import write_text_atomic
 
-CSV_FIELDS = ["task", "method", "seed", "train_size", "weight_updates", "main_metric", "main_score", "train_time_s", "total_time_s",
-              "attention_mean", "attention_min"]
+CSV_FIELDS = ["task", "method", "seed", "train_size", "weight_updates", "main_metric", "main_score", "constant_score",
+              "train_time_s", "total_time_s", "attention_mean", "attention_min", "attention_mean_low", "attention_mean_high"]
+# Typed on reading; every other column of results.csv is a metric.
+_INTEGERS, _TEXT = ("seed", "train_size", "weight_updates"), ("task", "method", "main_metric")
 
 
 def attention_of(result: dict) -> dict[str, dict[str, float]]:
     """The learned attention's statistics per mixed weight matrix ({name: {mean, std, min, max}}) of a
-    blo-mixup run; empty for a method without attention."""
+    blo-mixup run's results.json; empty for a method without attention."""
     return (result.get("blo") or {}).get("attention") or {}
 
 
-def attention_columns(result: dict) -> dict[str, float | str]:
-    """results.csv's attention_mean (the mean of the per-matrix means of A; 1 is W unmixed) and
-    attention_min (the smallest entry of A in any matrix); empty for a method without attention."""
+def result_row(result: dict) -> dict:
+    """A run's results.json as one row of results.csv: CSV_FIELDS plus "metrics" ({name: value}).
+
+    The attention columns summarise A over the mixed weight matrices (1 is W unmixed): attention_mean is
+    the mean of the per-matrix means, attention_mean_low / _high the lowest and highest per-matrix mean,
+    attention_min the smallest entry of A anywhere; empty for a method without attention."""
+    row = {field: result.get(field) for field in CSV_FIELDS}
     stats = attention_of(result)
-    if not stats:
-        return {"attention_mean": "", "attention_min": ""}
-    return {"attention_mean": statistics.fmean(m["mean"] for m in stats.values()),
-            "attention_min": min(m["min"] for m in stats.values())}
+    if stats:
+        means = [m["mean"] for m in stats.values()]
+        row.update(attention_mean=statistics.fmean(means), attention_min=min(m["min"] for m in stats.values()),
+                   attention_mean_low=min(means), attention_mean_high=max(means))
+    return {**row, "metrics": dict(result.get("metrics") or {})}
 
 
-def write_results_csv(results: list[dict], path: Path) -> None:
-    metric_names = sorted({m for r in results for m in r["metrics"]})
-    rows = [[{**r, **attention_columns(r)}.get(f, "") for f in CSV_FIELDS] + [r["metrics"].get(m, "") for m in metric_names]
-            for r in results]
-    import io
-
+def write_results_csv(rows: list[dict], path: Path) -> None:
+    """results.csv: one line per run (result_row's), CSV_FIELDS then one column per metric; empty cells for
+    values a run does not have."""
+    metric_names = sorted({m for r in rows for m in r["metrics"]})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_FIELDS + metric_names)
-    writer.writerows(rows)
+    for r in rows:
+        writer.writerow([_cell(r.get(f)) for f in CSV_FIELDS] + [_cell(r["metrics"].get(m)) for m in metric_names])
     write_text_atomic(path, buffer.getvalue())
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    """The rows of a results.csv (write_results_csv's), typed: numbers as numbers, empty cells as None."""
+    with open(path, newline="") as f:
+        rows = []
+        for line in csv.DictReader(f):
+            row = {}
+            for key, text in line.items():
+                row[key] = (None if text == "" else text if key in _TEXT else
+                            int(text) if key in _INTEGERS else float(text))
+            rows.append({**{f: row.pop(f, None) for f in CSV_FIELDS},
+                         "metrics": {name: value for name, value in row.items() if value is not None}})
+    return rows
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -124,22 +149,22 @@ def updates_table(results: list[dict], tasks: list[str], methods: list[str]) -> 
     return "\n".join(lines) + "\n"
 
 
-def attention_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
+def attention_table(rows: list[dict], tasks: list[str], methods: list[str]) -> str:
     """Markdown: how far the learned attention A moved from 1 (W unmixed), per task and method with attention:
     the range of the per-matrix means of A over every matrix and seed, and the smallest entry. Empty when
-    no run has attention."""
-    rows = []
+    no run has attention. rows: result_row's (results.csv's)."""
+    lines = []
     for method in methods:
         cells = []
         for task in tasks:
-            stats = [m for r in results if r["task"] == task and r["method"] == method for m in attention_of(r).values()]
-            cells.append(f"{min(m['mean'] for m in stats):.3f}-{max(m['mean'] for m in stats):.3f} "
-                         f"(min {min(m['min'] for m in stats):.2f})" if stats else "-")
+            runs = [r for r in rows if r["task"] == task and r["method"] == method and r.get("attention_min") is not None]
+            cells.append(f"{min(r['attention_mean_low'] for r in runs):.3f}-{max(r['attention_mean_high'] for r in runs):.3f} "
+                         f"(min {min(r['attention_min'] for r in runs):.2f})" if runs else "-")
         if any(c != "-" for c in cells):
-            rows.append(f"| {method} | " + " | ".join(cells) + " |")
-    if not rows:
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if not lines:
         return ""
-    lines = ["| attention A | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1), *rows, "",
+    lines = ["| attention A | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1), *lines, "",
              "The learned attention at the end of the run: lowest-highest mean of A over a mixed weight matrix "
              "(across every matrix and seed), and in brackets its smallest entry. A = 1 keeps the task weights W, "
              "A = 0 the pretrained W0."]

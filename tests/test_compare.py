@@ -27,7 +27,7 @@ def test_compare_all_methods_two_seeds(glue_dir, tiny_bert_dir, tmp_path, capsys
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in methods for s in ("1", "2"))
     summary = (out / "summary.md").read_text()
     assert all(f"| {m} |" in summary for m in methods) and "average" in summary
-    assert "(the evaluation set's majority class; its mean score for regression) scores: rte 52.71." in summary  # 146 of 277
+    assert "(the evaluation set's majority class; its mean score for regression) scores: rte 61.25." in summary  # 49 of 80
     assert (out / "summary.png").stat().st_size > 0
 
     # Resuming: a finished run is not redone; a killed run (folder without results.json) restarts.
@@ -80,6 +80,34 @@ def test_report_only_summarises_what_is_finished(glue_dir, tiny_bert_dir, tmp_pa
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 1
 
 
+def test_a_table_without_its_run_folders_reports_and_resumes_from_results_csv(glue_dir, tiny_bert_dir, tmp_path, capsys):
+    """A committed table keeps results.csv, not its run folders: --report-only rebuilds the same summary from
+    it without the data, a run whose row is there is not redone, and rows of other plans are kept."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--tasks", "rte", "--methods", "vanilla", "--train-size", "16", "--epochs", "1", "--batch-size", "8",
+            "--max-length", "32", "--model", str(tiny_bert_dir), "--output-dir", str(out), "--no-save-model"]
+    assert main([*args, "--seeds", "1-2", "--data-dir", str(glue_dir)]) == 0
+    summary, rows = (out / "summary.md").read_text(), (out / "results.csv").read_text()
+    assert "constant_score" in rows.splitlines()[0] and "scores: rte 61.25." in summary
+    assert json.loads((out / "runs/rte/vanilla/seed1/results.json").read_text())["constant_score"] == 49 / 80
+    import shutil
+
+    shutil.rmtree(out / "runs")
+    (out / "summary.md").unlink()
+    assert main([*args, "--seeds", "1-2", "--data-dir", str(tmp_path / "no-data-here"), "--report-only"]) == 0
+    assert (out / "summary.md").read_text() == summary and (out / "results.csv").read_text() == rows
+
+    capsys.readouterr()
+    assert main([*args, "--seeds", "1-3", "--data-dir", str(glue_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier") == 2 and "rte vanilla seed 3: running" in printed
+    assert not (out / "runs/rte/vanilla/seed1").exists()
+    assert main([*args, "--methods", "vanilla-matched", "--seeds", "1", "--data-dir", str(glue_dir)]) == 0
+    table = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["seed"]) for r in table] == [("vanilla-matched", "1"), ("vanilla", "1"), ("vanilla", "2"), ("vanilla", "3")]
+    assert "| vanilla |" not in (out / "summary.md").read_text()  # the summary is the plan's
+
+
 def test_summary_table_mean_std_and_best(tmp_path):
     from blo_mixup.report import summary_table
 
@@ -110,22 +138,26 @@ def test_paired_table_differences_on_the_same_seeds():
 
 
 def test_attention_table_and_columns_say_how_far_A_moved(tmp_path):
-    from blo_mixup.report import attention_table, write_results_csv
+    from blo_mixup.report import attention_table, read_results_csv, result_row, write_results_csv
 
     def run(method, seed, attention):
         return {"task": "rte", "method": method, "seed": seed, "main_score": 0.5, "metrics": {"accuracy": 0.5},
                 **({"blo": {"attention": {name: dict(zip(("mean", "min"), v)) for name, v in attention.items()}}} if attention else {})}
 
-    results = [run("vanilla", 1, None), run("blo-mixup", 1, {"q": (0.99, 0.9), "k": (0.95, 0.8)}),
-               run("blo-mixup", 2, {"q": (0.97, 0.85), "k": (0.999, 0.95)})]
-    table = attention_table(results, ["rte", "mrpc"], ["vanilla", "blo-mixup"])
+    rows = [result_row(r) for r in (run("vanilla", 1, None), run("blo-mixup", 1, {"q": (0.99, 0.9), "k": (0.95, 0.8)}),
+                                    run("blo-mixup", 2, {"q": (0.97, 0.85), "k": (0.999, 0.95)}))]
+    table = attention_table(rows, ["rte", "mrpc"], ["vanilla", "blo-mixup"])
     assert table.startswith("| attention A | rte | mrpc |\n|---|---|---|\n| blo-mixup | 0.950-0.999 (min 0.80) | - |\n")
     assert "| vanilla |" not in table
-    assert attention_table(results[:1], ["rte"], ["vanilla"]) == ""
-    write_results_csv(results, tmp_path / "results.csv")
-    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
-    assert [(r["attention_mean"], r["attention_min"]) for r in rows[:1]] == [("", "")]  # no attention: empty
-    assert [float(r[c]) for r in rows[1:] for c in ("attention_mean", "attention_min")] == pytest.approx([0.97, 0.8, 0.9845, 0.85])
+    assert attention_table(rows[:1], ["rte"], ["vanilla"]) == ""
+    write_results_csv(rows, tmp_path / "results.csv")
+    lines = list(csv.DictReader((tmp_path / "results.csv").open()))
+    columns = ("attention_mean", "attention_min", "attention_mean_low", "attention_mean_high")
+    assert [lines[0][c] for c in columns] == ["", "", "", ""]  # no attention: empty
+    assert [float(r[c]) for r in lines[1:] for c in columns] == pytest.approx([0.97, 0.8, 0.95, 0.99, 0.9845, 0.85, 0.97, 0.999])
+    # the table from results.csv alone is the table from the runs
+    assert read_results_csv(tmp_path / "results.csv") == rows
+    assert attention_table(read_results_csv(tmp_path / "results.csv"), ["rte", "mrpc"], ["vanilla", "blo-mixup"]) == table
 
 
 def test_time_left_uses_each_methods_own_run_time():

@@ -1,44 +1,40 @@
 """The paper's trend: plain fine-tuning against blo-mixup as the training set grows (docs/results/README.md).
 
-Reads the finished runs of one comparison folder per training size (300 is the table's own runs),
-pairs the two methods on the same seeds, and writes trend/summary.md and trend/trend.png. Trains nothing.
+Reads the results.csv of one comparison folder per training size (300 is the table's own), pairs the two
+methods on the same seeds, and writes trend/summary.md and trend/trend.png. Trains nothing and reads no
+data: the constant prediction's score is results.csv's constant_score column.
 
     python docs/results/trend.py --seeds 1-5
 """
 
 import argparse
-import json
 from pathlib import Path
 
-from blo_mixup.data import load_glue
-from blo_mixup.metrics import constant_prediction_score
-from blo_mixup.report import attention_of, mean_interval, mean_std
+from blo_mixup.report import mean_interval, mean_std, read_results_csv
 
 HERE = Path(__file__).resolve().parent
-GLUE = Path("../shared/data/glue")  # run from the repository root, as the table's commands
 FOLDERS = {300: HERE / "table-300", 500: HERE / "trend-500", 1000: HERE / "trend-1000"}
 TASKS = {"sst2": "SST-2 (accuracy)", "stsb": "STS-B (Spearman)"}
 METHODS = ("vanilla", "blo-mixup")
 
 
-def read_runs(seeds: set[int]) -> tuple[dict[tuple[str, str, int, int], float], dict[tuple[str, int], list], dict]:
-    """(task, method, size, seed) -> main score x100, from each finished run's results.json (a folder's
-    results.csv holds whatever its last compare process covered); (task, size) -> blo-mixup's per-matrix
-    attention statistics (mean and min of A) of each of its runs; (task, method, size) -> training times (s)."""
-    scores, attention, times = {}, {}, {}
+def read_runs(seeds: set[int]) -> tuple[dict[tuple[str, str, int, int], float], dict[tuple[str, int], list], dict, dict]:
+    """(task, method, size, seed) -> main score x100; (task, size) -> blo-mixup's rows (their attention
+    columns); (task, method, size) -> training times (s); task -> the constant prediction's score x100."""
+    scores, attention, times, constant = {}, {}, {}, {}
     for size, folder in FOLDERS.items():
-        for task in TASKS:
-            for method in METHODS:
-                for seed in seeds:
-                    path = folder / "runs" / task / method / f"seed{seed}" / "results.json"
-                    if path.is_file():
-                        result = json.loads(path.read_text())
-                        assert result["train_size"] == size, (path, result["train_size"])
-                        scores[task, method, size, seed] = 100 * result["main_score"]
-                        times.setdefault((task, method, size), []).append(result["train_time_s"])
-                        if attention_of(result):
-                            attention.setdefault((task, size), []).append(attention_of(result))
-    return scores, attention, times
+        for row in read_results_csv(folder / "results.csv"):
+            task, method, seed = row["task"], row["method"], row["seed"]
+            if task not in TASKS or method not in METHODS or seed not in seeds:
+                continue
+            assert row["train_size"] == size, (folder, row)
+            scores[task, method, size, seed] = 100 * row["main_score"]
+            times.setdefault((task, method, size), []).append(row["train_time_s"])
+            constant.setdefault(task, set()).add(100 * row["constant_score"])
+            if row["attention_min"] is not None:
+                attention.setdefault((task, size), []).append(row)
+    assert all(len(values) == 1 for values in constant.values()), constant  # one dev set per task
+    return scores, attention, times, {task: values.pop() for task, values in constant.items()}
 
 
 def attention_line(task: str, attention) -> str:
@@ -46,11 +42,11 @@ def attention_line(task: str, attention) -> str:
     smallest entry over blo-mixup's runs (A = 1 everywhere is plain W)."""
     parts = []
     for size in FOLDERS:
-        matrices = [m for run in attention.get((task, size), []) for m in run.values()]
-        if matrices:
-            means, mins = [m["mean"] for m in matrices], [m["min"] for m in matrices]
-            parts.append(f"{size}: mean A per matrix {min(means):.3f}-{max(means):.3f}, "
-                         f"smallest entry {min(mins):.2f}-{max(mins):.2f}")
+        runs = attention.get((task, size), [])
+        if runs:
+            mins = [r["attention_min"] for r in runs]
+            parts.append(f"{size}: mean A per matrix {min(r['attention_mean_low'] for r in runs):.3f}-"
+                         f"{max(r['attention_mean_high'] for r in runs):.3f}, smallest entry {min(mins):.2f}-{max(mins):.2f}")
     return "blo-mixup's learned attention (over its runs and mixed matrices) - " + "; ".join(parts) + "."
 
 
@@ -86,8 +82,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1-5")
     first, last = parser.parse_args().seeds.split("-")
     seeds = set(range(int(first), int(last) + 1))
-    scores, attention, times = read_runs(seeds)
-    constant = {task: 100 * constant_prediction_score(task, load_glue(task, GLUE)["validation"]) for task in TASKS}
+    scores, attention, times, constant = read_runs(seeds)
     lines = []
     for task, title in TASKS.items():
         lines += [f"**{title}**, dev x100, mean ± std over seeds {first}-{last}; blo-mixup - vanilla on the same seeds; "
