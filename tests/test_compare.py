@@ -30,9 +30,12 @@ def test_compare_all_methods_two_seeds(glue_dir, tiny_bert_dir, tmp_path, capsys
     assert "(the evaluation set's majority class; its mean score for regression) scores: rte 61.25." in summary  # 49 of 80
     assert (out / "summary.png").stat().st_size > 0
 
-    # Resuming: a finished run is not redone; a killed run (folder without results.json) restarts.
+    # Resuming: a finished run is not redone; a killed run (a folder without results.json, no row in
+    # results.csv) restarts.
     killed = out / "runs" / "rte" / "vanilla" / "seed2"
     (killed / "results.json").unlink()
+    table = (out / "results.csv").read_text().splitlines()
+    (out / "results.csv").write_text("\n".join(line for line in table if not line.startswith("rte,vanilla,2,")) + "\n")
     capsys.readouterr()
     assert main(args) == 0
     printed = capsys.readouterr().out

@@ -12,9 +12,9 @@ from blo_mixup.cli import main
 from blo_mixup.data import get_task, heldout_sample, load_glue, subsample
 
 
-def test_heldout_sample_is_disjoint_stratified_and_seeded(glue_dir):
+def test_heldout_sample_is_disjoint_stratified_and_seeded():
     task = get_task("sst2")
-    train = load_glue(task, glue_dir)["train"]
+    train = load_glue(task)["train"]  # the full SST-2 training split, shipped with the package
     subset = subsample(train, 300, 1, task)
     heldout = heldout_sample(train, subset, 500, 1, task)
     assert len(heldout) == 500
@@ -81,6 +81,17 @@ def test_curves_run_resume_and_report(glue_dir, tiny_bert_dir, tmp_path, capsys,
     table = (out / "curves.md").read_text()
     assert "| stsb | 32 | cls-lr0.0001-wu0.1-ep2 | 2 |" in table
     assert (out / "curves.png").stat().st_size > 0
+
+    # A grid committed without its run files: curves.csv alone reports the same and counts as finished.
+    import shutil
+
+    written = (out / "curves.csv").read_text()
+    shutil.rmtree(out / "runs")
+    assert main([*args, "--report-only"]) == 0
+    assert (out / "curves.md").read_text() == table and (out / "curves.csv").read_text() == written
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("done earlier") == 8 and not (out / "runs").exists()
 
 
 def test_curves_rejects_bad_options(tmp_path, capsys):

@@ -1,4 +1,8 @@
-"""blo_mixup.data: GLUE specs, local loading with its errors, subsamples, D1/D2 splits, batches."""
+"""blo_mixup.data: GLUE specs, local loading with its errors, subsamples, D1/D2 splits, batches.
+
+The GLUE-shaped data is tests/fixtures/glue (made-up rows in each task's real format) and the SST-2 copy
+that ships with the package. The check_* functions hold the assertions that tests/benchmark_data also
+runs on the real GLUE files, at their real sizes."""
 
 import os
 from collections import Counter
@@ -13,17 +17,16 @@ import pytest  # noqa: E402
 
 from blo_mixup import data  # noqa: E402
 from blo_mixup.errors import UserError  # noqa: E402
+from conftest import FIXTURE_GLUE_DIR  # noqa: E402
 
-GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
-
-# task: (train rows, dev rows), the official GLUE split sizes
-OFFICIAL_SIZES = {"rte": (2490, 277), "mrpc": (3668, 408), "cola": (8551, 1043), "stsb": (5749, 1500)}
+TASK_NAMES = ("rte", "mrpc", "cola", "stsb", "sst2")
+FIXTURE_SIZES = {name: (400, 80) for name in TASK_NAMES}  # tests/fixtures/make_glue.py
 
 
 @pytest.fixture(scope="module")
 def glue():
-    """The four shared tasks, each loaded once for the whole module."""
-    return {name: data.load_glue(name, GLUE) for name in OFFICIAL_SIZES}
+    """The five fixture tasks, each loaded once for the whole module."""
+    return {name: data.load_glue(name, FIXTURE_GLUE_DIR) for name in TASK_NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +67,11 @@ def test_get_task_is_case_insensitive_and_names_unknown_tasks():
 # ------------------------------------------------------------------------------ the shared files
 
 
-@pytest.mark.parametrize("name", sorted(OFFICIAL_SIZES))
-def test_shared_task_parses_to_official_sizes_and_labels(glue, name):
+def check_task_shape(loaded: datasets.DatasetDict, name: str, sizes: tuple[int, int]) -> None:
+    """Train and dev sets of the given sizes, in the hub's shape: text columns, label, idx = row number."""
     task = data.get_task(name)
-    loaded = glue[name]
     assert set(loaded) == {"train", "validation"}
-    for split, size in zip(("train", "validation"), OFFICIAL_SIZES[name]):
+    for split, size in zip(("train", "validation"), sizes):
         ds = loaded[split]
         assert len(ds) == size
         assert ds.column_names == [*task.text_columns, "label", "idx"]
@@ -86,33 +88,67 @@ def test_shared_task_parses_to_official_sizes_and_labels(glue, name):
             assert all(isinstance(text, str) and text for text in ds[column])
 
 
-def test_text_keeps_quote_characters_and_labels_map_by_name(glue):
-    rte_train = glue["rte"]["train"]
-    # Row 50 begins with a quote; default CSV quoting would strip it (and 68 more rows' quotes).
-    assert rte_train[50]["sentence1"].startswith('"Instead of action on crime')
-    raw_lines = (GLUE / "RTE" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
+def check_quotes_are_text(loaded: datasets.DatasetDict, path: Path, columns: tuple[str, ...]) -> None:
+    """Every line of the file with a quote character gives a row whose text keeps it (quoting is off)."""
+    raw_lines = path.read_text(encoding="utf-8-sig").splitlines()[1:]
     with_quotes = sum('"' in line for line in raw_lines)
-    assert sum('"' in a + b for a, b in zip(rte_train["sentence1"], rte_train["sentence2"])) == with_quotes
-    assert rte_train[0] == {"sentence1": "No Weapons of Mass Destruction Found in Iraq Yet.",
-                            "sentence2": "Weapons of Mass Destruction Found in Iraq.",
-                            "label": 1, "idx": 0}  # not_entailment
-    assert Counter(rte_train["label"]) == {0: 1249, 1: 1241}
+    assert with_quotes > 0
+    texts = zip(*(loaded["train"][c] for c in columns))
+    assert sum('"' in "".join(row) for row in texts) == with_quotes
 
-    mrpc_first = glue["mrpc"]["train"][0]
-    assert mrpc_first["sentence1"] == (
-        'Amrozi accused his brother, whom he called "the witness", of deliberately distorting his evidence.')
-    assert mrpc_first["label"] == 1
-    assert glue["cola"]["train"][0] == {
-        "sentence": "Our friends won't buy this analysis, let alone the next one we propose.", "label": 1, "idx": 0}
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_fixture_task_parses_to_its_sizes_and_labels(glue, name):
+    check_task_shape(glue[name], name, FIXTURE_SIZES[name])
+
+
+def test_the_shipped_sst2_is_the_official_split():
+    shipped = data.load_glue("sst2")
+    check_task_shape(shipped, "sst2", (67349, 872))  # the official GLUE SST-2 sizes
+    assert shipped["train"][0] == {"sentence": "hide new secretions from the parental units ", "label": 0, "idx": 0}
+    assert Counter(shipped["validation"]["label"]) == {0: 428, 1: 444}
+    assert data.load_glue("SST-2")["validation"]["sentence"] == shipped["validation"]["sentence"]
+
+
+def test_a_given_folder_wins_over_the_shipped_copy(glue):
+    assert data.load_glue("sst2", FIXTURE_GLUE_DIR)["train"]["sentence"] == glue["sst2"]["train"]["sentence"]
+    assert len(glue["sst2"]["train"]) == 400
+
+
+def test_a_compressed_file_reads_like_the_plain_one(tmp_path, glue):
+    import lzma
+    import shutil
+
+    shutil.copytree(FIXTURE_GLUE_DIR / "RTE", tmp_path / "RTE")
+    plain = tmp_path / "RTE" / "train.tsv"
+    (tmp_path / "RTE" / "train.tsv.xz").write_bytes(lzma.compress(plain.read_bytes()))
+    plain.unlink()
+    assert data.load_glue("rte", tmp_path)["train"].to_dict() == glue["rte"]["train"].to_dict()
+    (tmp_path / "RTE" / "train.tsv.xz").write_bytes(b"not xz")
+    with pytest.raises(UserError, match=r"train.tsv.xz' is not valid xz data"):
+        data.load_glue("rte", tmp_path)
+
+
+def test_text_keeps_quote_characters_and_labels_map_by_name(glue):
+    for name, folder in (("rte", "RTE"), ("mrpc", "MRPC"), ("stsb", "STS-B")):
+        check_quotes_are_text(glue[name], FIXTURE_GLUE_DIR / folder / "train.tsv", data.get_task(name).text_columns)
+    rte_train = glue["rte"]["train"]
+    assert rte_train[0] == {"sentence1": "The doctor watches a boat after the rain.",
+                            "sentence2": "A doctor watches a boat.", "label": 0, "idx": 0}  # entailment
+    assert rte_train[17]["sentence1"].startswith('"The')  # a leading quote stays text
+    assert glue["mrpc"]["train"][0] == {"sentence1": "The river helps the tower on Monday.",
+                                        "sentence2": "At noon, the river helps the tower.", "label": 1, "idx": 0}
+    assert glue["cola"]["train"][3] == {"sentence": "NA", "label": 1, "idx": 3}  # "NA" stays text
+    assert glue["cola"]["train"]["label"].count(0) == 121  # label from the second of four header-less columns
     stsb_first = glue["stsb"]["train"][0]
-    assert (stsb_first["sentence1"], stsb_first["label"]) == ("A plane is taking off.", 5.0)
-    assert glue["stsb"]["train"][1]["label"] == pytest.approx(3.8)
+    assert (stsb_first["sentence1"], stsb_first["label"]) == ("A storm follows a boat.", pytest.approx(0.466))
+    assert glue["stsb"]["train"][1]["sentence1"] == 'A singer follows the "bridge."'
 
 
 def test_constant_prediction_score(glue):
     from blo_mixup.metrics import constant_prediction_score
 
-    assert constant_prediction_score("rte", glue["rte"]["validation"]) == pytest.approx(146 / 277)  # accuracy
+    assert constant_prediction_score("rte", glue["rte"]["validation"]) == pytest.approx(49 / 80)  # accuracy
     assert constant_prediction_score("mrpc", {"label": [0, 1, 1]}) == pytest.approx(0.8)  # F1 of "always 1": 2*2/(2+3)
     assert constant_prediction_score("cola", {"label": [0, 1, 1]}) == 0.0  # Matthews of a constant answer
     assert constant_prediction_score("stsb", {"label": [1.0, 2.5, 4.0]}) == 0.0  # Spearman of a constant score
@@ -255,9 +291,8 @@ def assert_proportional(part, whole, tolerance=1.0):
         assert abs(got[label] - len(part) * count / total) < tolerance, (label, got, counts)
 
 
-@pytest.mark.parametrize("name, n", [("rte", 300), ("mrpc", 300), ("cola", 101), ("cola", 1000)])
-def test_subsample_is_stratified_exact_and_seeded(glue, name, n):
-    train = glue[name]["train"]
+def check_subsample(train: datasets.Dataset, name: str, n: int) -> None:
+    """A subsample of n rows: stratified, exact, the train set's own rows, the same for a seed, another for another."""
     sample = data.subsample(train, n, seed=1, task=name)
     assert len(sample) == n and len(set(sample["idx"])) == n
     assert sample.column_names == train.column_names
@@ -269,22 +304,34 @@ def test_subsample_is_stratified_exact_and_seeded(glue, name, n):
     assert data.subsample(train, n, seed=2, task=name)["idx"] != sample["idx"]
 
 
-def test_subsample_does_not_depend_on_row_order(glue):
-    train = glue["rte"]["train"]
+def check_subsample_ignores_row_order(train: datasets.Dataset, name: str, n: int) -> None:
     shuffled = train.shuffle(seed=0)
-    assert sorted(data.subsample(shuffled, 300, 5, "rte")["idx"]) == sorted(data.subsample(train, 300, 5, "rte")["idx"])
+    assert sorted(data.subsample(shuffled, n, 5, name)["idx"]) == sorted(data.subsample(train, n, 5, name)["idx"])
 
 
-def test_subsample_of_regression_keeps_the_score_distribution(glue):
-    train = glue["stsb"]["train"]
-    sample = data.subsample(train, 300, seed=1, task="stsb")
-    assert len(sample) == 300
+def check_regression_subsample(train: datasets.Dataset, n: int) -> None:
+    """A regression subsample keeps the score distribution (quintiles of the whole set)."""
+    sample = data.subsample(train, n, seed=1, task="stsb")
+    assert len(sample) == n
     scores = np.asarray(train["label"])
     edges = np.quantile(scores, [0.2, 0.4, 0.6, 0.8])
     assert_proportional(np.searchsorted(edges, sample["label"], side="right").tolist(),
                         np.searchsorted(edges, scores, side="right").tolist())
-    assert data.subsample(train, 300, seed=1, task="stsb")["idx"] == sample["idx"]
-    assert data.subsample(train, 300, seed=2, task="stsb")["idx"] != sample["idx"]
+    assert data.subsample(train, n, seed=1, task="stsb")["idx"] == sample["idx"]
+    assert data.subsample(train, n, seed=2, task="stsb")["idx"] != sample["idx"]
+
+
+@pytest.mark.parametrize("name, n", [("rte", 300), ("mrpc", 300), ("cola", 101), ("cola", 350), ("sst2", 120)])
+def test_subsample_is_stratified_exact_and_seeded(glue, name, n):
+    check_subsample(glue[name]["train"], name, n)
+
+
+def test_subsample_does_not_depend_on_row_order(glue):
+    check_subsample_ignores_row_order(glue["rte"]["train"], "rte", 300)
+
+
+def test_subsample_of_regression_keeps_the_score_distribution(glue):
+    check_regression_subsample(glue["stsb"]["train"], 300)
 
 
 def test_subsample_gives_every_class_a_row():
@@ -293,25 +340,30 @@ def test_subsample_gives_every_class_a_row():
     assert Counter(sample["label"]) == {0: 9, 1: 1}  # 0.2 rounds down, but class 1 still gets one row
 
 
-def test_subsample_full_size_and_errors(glue):
-    train = glue["rte"]["train"]
-    assert len(data.subsample(train, None, 1, "rte")) == len(train)
-    assert len(data.subsample(train, len(train), 1, "rte")) == len(train)
-    with pytest.raises(UserError, match=r"train size 3000 is larger than the 2490 training examples of rte; "
-                                        r"lower --train-size"):
-        data.subsample(train, 3000, 1, "rte")
+def check_subsample_sizes(train: datasets.Dataset, name: str) -> None:
+    """None or the full size takes every row; too many, none or fewer rows than classes are named errors."""
+    assert len(data.subsample(train, None, 1, name)) == len(train)
+    assert len(data.subsample(train, len(train), 1, name)) == len(train)
+    too_many = len(train) + 510
+    with pytest.raises(UserError, match=rf"train size {too_many} is larger than the {len(train)} training examples of "
+                                        rf"{name}; lower --train-size"):
+        data.subsample(train, too_many, 1, name)
     with pytest.raises(UserError, match=r"train size 0 is not positive"):
-        data.subsample(train, 0, 1, "rte")
-    with pytest.raises(UserError, match=r"train size 1 is smaller than the 2 classes of rte"):
-        data.subsample(train, 1, 1, "rte")
+        data.subsample(train, 0, 1, name)
+    with pytest.raises(UserError, match=rf"train size 1 is smaller than the 2 classes of {name}"):
+        data.subsample(train, 1, 1, name)
+
+
+def test_subsample_full_size_and_errors(glue):
+    check_subsample_sizes(glue["rte"]["train"], "rte")
 
 
 # ---------------------------------------------------------------------------------------- D1 / D2
 
 
-@pytest.mark.parametrize("name, ratio", [("rte", 0.8), ("mrpc", 0.5), ("stsb", 0.8)])
-def test_split_two_is_disjoint_complete_sized_and_stratified(glue, name, ratio):
-    subset = data.subsample(glue[name]["train"], 300, seed=3, task=name)
+def check_split_two(train: datasets.Dataset, name: str, ratio: float) -> None:
+    """D1/D2 of a 300-row subsample: disjoint, complete, sized by the ratio, stratified, seeded."""
+    subset = data.subsample(train, 300, seed=3, task=name)
     first, second = data.split_two(subset, ratio, seed=3, task=name)
     first_idx, second_idx = set(first["idx"]), set(second["idx"])
     assert not first_idx & second_idx
@@ -323,6 +375,14 @@ def test_split_two_is_disjoint_complete_sized_and_stratified(glue, name, ratio):
     again = data.split_two(subset, ratio, seed=3, task=name)
     assert again[0]["idx"] == first["idx"]
     assert data.split_two(subset, ratio, seed=4, task=name)[0]["idx"] != first["idx"]
+
+
+SPLITS = [("rte", 0.8), ("mrpc", 0.5), ("stsb", 0.8)]
+
+
+@pytest.mark.parametrize("name, ratio", SPLITS)
+def test_split_two_is_disjoint_complete_sized_and_stratified(glue, name, ratio):
+    check_split_two(glue[name]["train"], name, ratio)
 
 
 def test_split_two_errors(glue):
@@ -338,16 +398,17 @@ def test_split_two_errors(glue):
 # --------------------------------------------------------------------------------- tokens, batches
 
 
-@pytest.mark.parametrize("name", ["rte", "cola", "stsb"])
-def test_tokenize_and_collate_give_padded_tensor_batches(glue, tokenizer, name):
+def check_tokenize_and_collate(train: datasets.Dataset, tokenizer, name: str, max_length: int) -> None:
+    """Tokenized rows are truncated, not padded; a batch is padded tensors with labels of the task's type."""
     task = data.get_task(name)
-    rows = data.subsample(glue[name]["train"], 16, seed=1, task=name)
-    encoded = data.tokenize(rows, tokenizer, task, max_length=24)
+    rows = data.subsample(train, 16, seed=1, task=name)
+    encoded = data.tokenize(rows, tokenizer, task, max_length=max_length)
     assert not set(task.text_columns) & set(encoded.column_names)
     assert {"input_ids", "attention_mask", "token_type_ids", "labels", "idx"} <= set(encoded.column_names)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     full_lengths = [len(ids) for ids in tokenizer(*[rows[c][:] for c in task.text_columns])["input_ids"]]
-    assert lengths == [min(length, 24) for length in full_lengths]  # truncated, not padded
+    assert lengths == [min(length, max_length) for length in full_lengths]  # truncated, not padded
+    assert max(full_lengths) > max_length  # some row was truncated
     assert encoded["idx"] == rows["idx"]
 
     batch = data.collator(tokenizer)([encoded[i] for i in range(8)])
@@ -362,3 +423,8 @@ def test_tokenize_and_collate_give_padded_tensor_batches(glue, tokenizer, name):
     else:
         assert str(batch["labels"].dtype) == "torch.int64"
         assert batch["labels"].tolist() == rows["label"][:8]
+
+
+@pytest.mark.parametrize("name", ["rte", "cola", "stsb"])
+def test_tokenize_and_collate_give_padded_tensor_batches(glue, tokenizer, name):
+    check_tokenize_and_collate(glue[name]["train"], tokenizer, name, max_length=8)  # the made-up rows are short

@@ -25,7 +25,7 @@ def test_the_heldout_rows_are_outside_the_subsample_and_are_the_curves_rows(glue
         assert data.evaluation_set == f"held out from the GLUE train split: 40 rows outside seed {seed}'s subsample (stratified), not the dev set"
         assert len(data.train) == len(train)  # the subsample is still drawn from every training row
     dev = load_task_data(RunConfig(task="rte", data_dir=str(glue_dir)))
-    assert dev.evaluation_set.startswith("the GLUE dev set") and len(dev.evaluation) == 277
+    assert dev.evaluation_set.startswith("the GLUE dev set") and len(dev.evaluation) == 80  # the fixture's dev rows
 
 
 def test_finetune_scores_the_heldout_rows(glue_dir, tiny_bert_dir, tmp_path):

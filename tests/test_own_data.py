@@ -113,7 +113,7 @@ def test_glue_runs_write_predictions_too(glue_dir, tiny_bert_dir, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["train_size"] == 16 and results["labels"] == ["entailment", "not_entailment"]
     rows = read_csv(out / "predictions.csv")
-    assert len(rows) == 277 and rows[0]["row"] == "1" and rows[0]["label"] in ("entailment", "not_entailment")
+    assert len(rows) == 80 and rows[0]["row"] == "1" and rows[0]["label"] in ("entailment", "not_entailment")
 
 
 def test_glue_default_train_size_is_still_300(glue_dir, tiny_bert_dir):
