@@ -111,10 +111,10 @@ def cmd_compare(args) -> int:
         durations.append((method, time.perf_counter() - started))
         print(f"{line}: main score {results[-1]['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
 
-    reference = _constant_prediction_scores(results, tasks, seeds, lambda task, seed: resolve(task, methods[0], seed, output_dir)[0],
-                                            data)
     planned = set(plan)  # this plan's rows first, in its order, then the folder's other finished runs
-    write_results_csv(results + [row for key, row in finished.items() if key not in planned], output_dir / "results.csv")
+    rows = results + [row for key, row in finished.items() if key not in planned]
+    reference = _constant_prediction_scores(rows, tasks, seeds, lambda task, seed: resolve(task, methods[0], seed, output_dir)[0], data)
+    write_results_csv(rows, output_dir / "results.csv")
     if not results:
         raise UserError(f"no finished run in {output_dir} yet; run the comparison without --report-only first")
     table = summary_table(results, tasks, methods, seeds, reference)
@@ -190,21 +190,23 @@ def finished_rows(output_dir: Path) -> dict[tuple[str, str, int], dict]:
 
 
 def _constant_prediction_scores(rows, tasks, seeds, run_of, data=None) -> dict[str, float]:
-    """Each task's score for a constant prediction on the runs' evaluation set (the dev set, or with
-    --heldout-size each seed's held-out rows: the mean over seeds), and each row's constant_score filled in.
-    Read from the rows where they hold it (runs record it), else from the data; run_of(task, seed) is a
-    run's RunConfig. A task whose data cannot be read now goes without it (the summary says nothing)."""
+    """Each planned task's score for a constant prediction on the runs' evaluation set (the dev set, or with
+    --heldout-size each seed's held-out rows: the mean over the plan's seeds), and the constant_score of every
+    row that lacks it filled in. Read from the rows where they hold it (runs record it), else from the data;
+    run_of(task, seed) is a run's RunConfig. A task whose data cannot be read now goes without it."""
     from .datafiles import load_task_data
     from .metrics import constant_prediction_score
 
     reference = {}
-    for task in tasks:
-        per_seed = {r["seed"]: r["constant_score"] for r in rows if r["task"] == task and r.get("constant_score") is not None}
-        missing = [s for s in seeds if s not in per_seed and any(r["task"] == task and r["seed"] == s for r in rows)]
+    for task in dict.fromkeys([*tasks, *(r["task"] for r in rows)]):
+        if data is not None and task != data.task.name:
+            continue  # your own data's comparison cannot read another task's data
+        task_rows = [r for r in rows if r["task"] == task]
+        per_seed = {r["seed"]: r["constant_score"] for r in task_rows if r.get("constant_score") is not None}
         try:
-            for seed in missing:
+            for seed in sorted({r["seed"] for r in task_rows} - set(per_seed)):
                 run = run_of(task, seed)
-                if data is not None and data.task.name == task:
+                if data is not None:
                     per_seed[seed] = constant_prediction_score(data.task, data.evaluation)
                 elif run.heldout_size or not per_seed:  # the dev set is the same for every seed
                     per_seed[seed] = constant_prediction_score(task, load_task_data(run).evaluation)
@@ -213,11 +215,12 @@ def _constant_prediction_scores(rows, tasks, seeds, run_of, data=None) -> dict[s
         except (UserError, OSError, ValueError) as exc:
             print(f"no constant-prediction reference for {task}: {exc}", flush=True)
             continue
-        for r in rows:
-            if r["task"] == task and r.get("constant_score") is None:
+        for r in task_rows:
+            if r.get("constant_score") is None:
                 r["constant_score"] = per_seed[r["seed"]]
-        if per_seed:
-            reference[task] = statistics.fmean(per_seed[s] for s in sorted(per_seed) if s in seeds)
+        planned = [per_seed[s] for s in seeds if s in per_seed]
+        if task in tasks and planned:
+            reference[task] = statistics.fmean(planned)
     return reference
 
 

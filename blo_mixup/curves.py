@@ -7,8 +7,9 @@ run's subsample), never on the dev set that the tables report.
 
 One run = (task, train size, head, lr, warmup, epochs, seed): plain fine-tuning with the shared loop's
 optimizer (AdamW, linear warmup and decay over all `epochs`), evaluated on the held-out sample after
-every epoch. Each finished run is one JSON file under OUTPUT_DIR/runs/, never redone, so the grid
-resumes where it stopped; curves.csv, curves.md and curves.png are written from every finished run.
+every epoch. Each finished run is one JSON file under OUTPUT_DIR/runs/ or its rows in OUTPUT_DIR/curves.csv
+(a committed grid keeps only that file), never redone, so the grid resumes where it stopped; curves.csv,
+curves.md and curves.png are written from every finished run.
 """
 
 from __future__ import annotations
@@ -108,9 +109,34 @@ def run_curve(spec: CurveRun, data_dir: str | None, device: str | None = None) -
 
 
 def read_curves(root: Path) -> list[dict]:
+    """Every finished curve of a grid folder: its runs/ JSON files, and the curves of curves.csv that have
+    none (a grid committed without its run files). The run file wins: it also holds every metric."""
     import json
 
-    return [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*/*/*/seed*.json"))]
+    curves = {CurveRun(**c["spec"]): c for c in _curves_from_csv(root / "curves.csv")}
+    for path in sorted((root / "runs").glob("*/*/*/seed*.json")):
+        curve = json.loads(path.read_text())
+        curves[CurveRun(**curve["spec"])] = curve
+    return [curves[spec] for spec in sorted(curves, key=lambda spec: spec.path(root))]
+
+
+def _curves_from_csv(path: Path) -> list[dict]:
+    """curves.csv (curve_rows' table) back into curves: spec, main metric, constant, one point per epoch."""
+    import csv
+    from dataclasses import fields
+
+    if not path.is_file():
+        return []
+    types = {f.name: {"int": int, "float": float}.get(f.type, str) for f in fields(CurveRun)}
+    curves: dict[CurveRun, dict] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            spec = {name: cast(row[name]) for name, cast in types.items()}
+            curve = curves.setdefault(CurveRun(**spec), {"spec": spec, "main_metric": row["main_metric"],
+                                                         "constant_score": float(row["constant_score"]), "curve": []})
+            curve["curve"].append({"epoch": int(row["epoch"]), "step": int(row["step"]),
+                                   "train_loss": float(row["train_loss"]), "main_score": float(row["heldout_score"])})
+    return list(curves.values())
 
 
 def _groups(curves: list[dict]) -> dict[tuple, list[dict]]:
@@ -243,7 +269,7 @@ def add_curves_parser(sub) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs of each run; held-out evaluation after each (default: 10)")
     parser.add_argument("--heldout-size", type=int, default=500, help="held-out training examples per seed (default: 500)")
     parser.add_argument("--model", default="minilm", help="model name or path (default: minilm)")
-    parser.add_argument("--data-dir", help="local GLUE folder; default: the hub")
+    parser.add_argument("--data-dir", help="local GLUE folder; default: the SST-2 shipped with the package, the hub for other tasks")
     parser.add_argument("--output-dir", required=True, help="folder for the runs, curves.csv, curves.md and curves.png")
     parser.add_argument("--shard", default="1/1", help="K/N: run every N-th grid point from the K-th, for N processes side by side")
     parser.add_argument("--report-only", action="store_true", help="run nothing; write the report from the finished runs")
@@ -273,10 +299,11 @@ def cmd_curves(args) -> int:
                 _numbers(args.warmup_ratios, "warmup-ratios", float), seed_list(args.seeds), tasks)]
     mine = grid[shard - 1::shards]
     if not args.report_only:
+        done = {CurveRun(**c["spec"]) for c in read_curves(root)}
         for i, spec in enumerate(mine, 1):
             path = spec.path(root)
             label = f"[{i}/{len(mine)}] {spec.task} n{spec.train_size} {spec.config_name} seed {spec.seed}"
-            if path.is_file():
+            if spec in done or path.is_file():
                 print(f"{label}: done earlier", flush=True)
                 continue
             print(f"{label}: running", flush=True)

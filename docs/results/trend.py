@@ -1,8 +1,8 @@
 """The paper's trend: plain fine-tuning against blo-mixup as the training set grows (docs/results/README.md).
 
 Reads the results.csv of one comparison folder per training size (300 is the table's own), pairs the two
-methods on the same seeds, and writes trend/summary.md and trend/trend.png. Trains nothing and reads no
-data: the constant prediction's score is results.csv's constant_score column.
+methods on the same seeds, and writes trend/summary.md and trend/trend.png (or into --output-dir). Trains
+nothing and reads no data: the constant prediction's score is results.csv's constant_score column.
 
     python docs/results/trend.py --seeds 1-5
 """
@@ -38,15 +38,15 @@ def read_runs(seeds: set[int]) -> tuple[dict[tuple[str, str, int, int], float], 
 
 
 def attention_line(task: str, attention) -> str:
-    """How far the learned attention moved, per size: the range of the per-matrix mean of A and of its
-    smallest entry over blo-mixup's runs (A = 1 everywhere is plain W)."""
+    """How far the learned attention moved, per size: the range of the per-matrix mean of A over blo-mixup's
+    runs and matrices, and the range over its runs of a run's smallest entry of A (A = 1 everywhere is plain W)."""
     parts = []
     for size in FOLDERS:
         runs = attention.get((task, size), [])
         if runs:
             mins = [r["attention_min"] for r in runs]
             parts.append(f"{size}: mean A per matrix {min(r['attention_mean_low'] for r in runs):.3f}-"
-                         f"{max(r['attention_mean_high'] for r in runs):.3f}, smallest entry {min(mins):.2f}-{max(mins):.2f}")
+                         f"{max(r['attention_mean_high'] for r in runs):.3f}, smallest entry per run {min(mins):.2f}-{max(mins):.2f}")
     return "blo-mixup's learned attention (over its runs and mixed matrices) - " + "; ".join(parts) + "."
 
 
@@ -77,10 +77,12 @@ def difference(values: list[float]) -> str:
     return f"{mean:+.2f} ± {std:.2f} ({higher}/{len(values)} higher; 95% CI {low:+.2f} to {high:+.2f})"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="1-5")
-    first, last = parser.parse_args().seeds.split("-")
+    parser.add_argument("--output-dir", type=Path, default=HERE / "trend", help="where summary.md and trend.png go")
+    args = parser.parse_args(argv)
+    first, last = args.seeds.split("-")
     seeds = set(range(int(first), int(last) + 1))
     scores, attention, times, constant = read_runs(seeds)
     lines = []
@@ -94,8 +96,8 @@ def main() -> None:
             lines.append(f"| {size} | {cell(list(runs['vanilla'].values()), len(seeds))} | "
                          f"{cell(list(runs['blo-mixup'].values()), len(seeds))} | {difference(paired)} |")
         lines += ["", attention_line(task, attention), "", time_line(task, times), ""]
-    out = HERE / "trend"
-    out.mkdir(exist_ok=True)
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text("\n".join(lines))
     complete = len(scores) == len(TASKS) * len(METHODS) * len(FOLDERS) * len(seeds)
     plot(scores, constant, out / "trend.png", f"seeds {first}-{last}" + ("" if complete else "; a size with fewer seeds is still running"))

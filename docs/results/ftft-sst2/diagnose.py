@@ -9,7 +9,10 @@ If the selected rows alone train a model no better than a constant while random 
 label mix do, the selection, not FTFT's training loop, is what fails at this size.
 
 Run from the repository root:  python docs/results/ftft-sst2/diagnose.py --seeds 1-3
-(writes runs/ and summary.csv beside this file; about 7 minutes a seed on 2 CPU cores).
+(writes runs/ and summary.csv beside this file; about 7 minutes a seed on 2 CPU cores). SST-2 is the copy
+shipped with the package unless --data-dir names a GLUE folder (the committed summary.csv used
+../shared/data/glue, the same rows). runs/ is not committed: the runs behind summary.csv are in git history,
+`git checkout 84be7d6 -- docs/results/ftft-sst2/runs` restores them, and a FTFT run found there is not redone.
 """
 
 import argparse
@@ -21,28 +24,30 @@ import numpy as np
 import pandas as pd
 
 import blo_mixup
+from blo_mixup.data import load_glue
 
 HERE = Path(__file__).resolve().parent
-GLUE = Path("../shared/data/glue")
 NAMES = {0: "negative", 1: "positive"}  # SST-2's label order in blo_mixup's task table
 
 
-def sst2_train() -> pd.DataFrame:
-    table = pd.read_csv(GLUE / "SST-2" / "train.tsv", sep="\t", quoting=3, dtype={"sentence": str}, keep_default_na=False)
-    return table.assign(label=table["label"].map(NAMES))  # row i of train.tsv is example idx i
+def sst2_train(data_dir: str | None) -> pd.DataFrame:
+    table = load_glue("sst2", data_dir)["train"].to_pandas().set_index("idx", drop=False)  # index = idx = row of train.tsv
+    return table.assign(label=table["label"].map(NAMES))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="1-3")
-    a, b = parser.parse_args().seeds.split("-")
-    train = sst2_train()
+    parser.add_argument("--data-dir", help="a GLUE folder (classic layout); default: the SST-2 shipped with the package")
+    args = parser.parse_args()
+    a, b = args.seeds.split("-")
+    train = sst2_train(args.data_dir)
     rows = []
     for seed in range(int(a), int(b) + 1):
         ftft_dir = HERE / "runs" / f"ftft-seed{seed}"
         if not (ftft_dir / "results.json").is_file():
             subprocess.run([sys.executable, "-m", "blo_mixup.cli", "finetune", "--task", "sst2", "--method", "ftft",
-                            "--seed", str(seed), "--epochs", "10", "--data-dir", str(GLUE), "--no-save-model",
+                            "--seed", str(seed), "--epochs", "10", *(["--data-dir", args.data_dir] if args.data_dir else []), "--no-save-model",
                             "--report-to", "none", "--overwrite", "--output-dir", str(ftft_dir)], check=True)
         data_map = pd.read_csv(ftft_dir / "ftft_data_map.csv")
         pool = set(data_map["idx"])

@@ -1,0 +1,18 @@
+# Learning curves of plain fine-tuning on 500 held-out GLUE training rows (docs/results/README.md, "Choosing the
+# protocol: learning curves on held-out training data").
+# Runs: from a separate worktree at commit 8a2781f (the code of `blo-mixup curves` then), two processes with one
+# thread each, 2-core CPU machine, 2026-12-03 and 04:
+#   git worktree add ../wt-curves 8a2781f
+#   cd ../wt-curves && export OMP_NUM_THREADS=1 PYTHONPATH=$PWD
+#   C="python -m blo_mixup.cli curves --data-dir ../shared/data/glue --output-dir ../main/docs/results/curves-minilm"
+#   $C --train-sizes 300 --epochs 10 --heldout-size 500 --tasks sst2,stsb,cola --heads cls,mean --seeds 1-3 --shard K/2   # K = 1, 2
+#   $C --train-sizes 300 --epochs 10 --heldout-size 500 --tasks mrpc,rte --heads cls,mean --seeds 1-2 --shard K/2
+#   $C --train-sizes 300 --epochs 10 --heldout-size 500 --tasks sst2,stsb,cola --heads cls,mean --seeds 4-5 --shard K/2
+#   $C --train-sizes 1000 --epochs 6 --heldout-size 500 --heads cls --tasks cola,rte,mrpc --seeds 1
+#   $C --train-sizes 1000 --epochs 6 --heldout-size 500 --heads cls --tasks cola,rte --seeds 2-5
+#   $C --train-sizes 300 --epochs 10 --heldout-size 500 --heads cls --tasks sst2,stsb --lrs 2e-4 --seeds 1-3
+#   $C --train-sizes 300 --epochs 10 --heldout-size 500 --heads cls --tasks sst2,stsb --lrs 5e-5 --seeds 1-3
+#   (the later grids were stopped part-way: each configuration's seeds are those in curves.md; each run's JSON
+#   in runs/ holds its full spec)
+# curves.csv, curves.md and curves.png from every finished run in runs/ (trains nothing), from the repository root:
+blo-mixup curves --tasks sst2 --data-dir ../shared/data/glue --output-dir docs/results/curves-minilm --report-only
