@@ -22,7 +22,7 @@ class DataOptions:
     """Where a run's data comes from: a GLUE task, or your own data (docs/data.md). Also bench's options."""
 
     task: str | None = field(default=None, metadata={"help": "GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli (or your own data: --train-file, --dataset)"})
-    data_dir: str | None = field(default=None, metadata={"help": "local GLUE folder (<dir>/RTE/train.tsv, dev.tsv); default: the hub"})
+    data_dir: str | None = field(default=None, metadata={"help": "local GLUE folder (<dir>/RTE/train.tsv, dev.tsv); default: the SST-2 shipped with the package, the hub for other tasks"})
     train_file: str | None = field(default=None, metadata={"help": "your training data: a .csv, .tsv, .json, .jsonl or .parquet file (docs/data.md)"})
     validation_file: str | None = field(default=None, metadata={"help": "your evaluation data, same columns; default: a stratified --validation-ratio of the training rows, held out"})
     test_file: str | None = field(default=None, metadata={"help": "more data scored and predicted after training (test_metrics, test_predictions.csv); its label column may be missing"})

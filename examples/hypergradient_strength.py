@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import torch
 from betty.hypergradient import jvp_fn_mapping
@@ -28,7 +27,6 @@ from blo_mixup.blo.engine import BLOSettings, build_engine
 from blo_mixup.blo.mixup import MixupConfig, attach_weight_mixup
 from blo_mixup.models import load_model_and_tokenizer
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"  # ../shared/data/glue
 
 
 def flat(tensors):
@@ -39,7 +37,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--task", default="sst2")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--data-dir", help="GLUE folder in the classic layout (default: the SST-2 shipped with the "
+                        "package; another task without it comes from the hub)")
     parser.add_argument("--train-size", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lower-lr", type=float, default=1e-4, help="the project's default for MiniLM")

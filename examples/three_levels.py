@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,6 @@ from blo_mixup.blo.hypergradients import hypergradient_config
 from blo_mixup.blo.mixup import MixupConfig, attach_weight_mixup
 from blo_mixup.blo.problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"  # ../shared/data/glue
 
 
 class ClassWeights(torch.nn.Module):
@@ -79,8 +77,9 @@ def adam(params, lr):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="GLUE folder (default: ../shared/data/glue)")
-    parser.add_argument("--task", default="rte")
+    parser.add_argument("--data-dir", help="GLUE folder in the classic layout (default: the SST-2 shipped with the "
+                        "package; another task without it comes from the hub)")
+    parser.add_argument("--task", default="sst2")
     parser.add_argument("--model", default="tiny", help="tiny (a 2-layer BERT built from a config), minilm, or a model path")
     parser.add_argument("--train-size", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
