@@ -41,6 +41,20 @@ RUN_FILE = "run.json"
 MAY_CHANGE_ON_RESUME = ("resume", "overwrite", "save_steps", "skip_nonfinite", "output_dir", "report_to")
 
 
+def changed_options(saved: dict, now: dict) -> str:
+    """'lr: 0.0001 then, 0.0002 now, ...' for the options (outside MAY_CHANGE_ON_RESUME) whose values differ
+    between a recorded run and now; '' when none. An option added to blo-mixup after the record was written
+    is fine at its default."""
+    from .config import RunConfig
+
+    saved, now = (json.loads(json.dumps({k: v for k, v in values.items() if k not in MAY_CHANGE_ON_RESUME}, default=str))
+                  for values in (saved, now))
+    defaults = dataclasses.asdict(RunConfig())
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
+                     and not (k not in saved and now.get(k) == defaults.get(k, object())))
+    return ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in changed[:4])
+
+
 class ResumableLoader:
     """A DataLoader whose place in the data can be saved and restored exactly.
 
@@ -198,20 +212,13 @@ class Checkpointer:
     @classmethod
     def for_run(cls, output_dir: Path, run_values: dict, *, save_steps: int, resume: bool) -> "Checkpointer":
         """Checks that a resumed run has the killed run's options, and records them for a later resume."""
-        from .config import RunConfig
-
         folder = Path(output_dir) / CHECKPOINTS
         run_file = folder / RUN_FILE
         compared = {k: v for k, v in run_values.items() if k not in MAY_CHANGE_ON_RESUME}
         if resume and run_file.is_file():
-            saved = json.loads(run_file.read_text())
-            # An option added to blo-mixup after the checkpoint was written is fine at its default.
-            defaults = dataclasses.asdict(RunConfig())
-            changed = sorted(k for k in set(saved) | set(compared) if saved.get(k) != compared.get(k)
-                             and not (k not in saved and compared.get(k) == defaults.get(k, object())))
+            changed = changed_options(json.loads(run_file.read_text()), compared)
             if changed:
-                detail = ", ".join(f"{k}: {saved.get(k)!r} then, {compared.get(k)!r} now" for k in changed[:4])
-                raise UserError(f"--resume needs the options of the run it continues; these differ ({detail}); "
+                raise UserError(f"--resume needs the options of the run it continues; these differ ({changed}); "
                                 f"give the same options, or start over with --overwrite")
         else:
             barrier()  # every process has looked at the folder before the main one clears it

@@ -9,10 +9,9 @@ import argparse
 import dataclasses
 import sys
 
-from .errors import Stopped, UserError
+from .errors import UserError, run_command
 from .options import add_dataclass_flags, check_option_names, flag, resolve_options
 
-EXIT_USAGE = 2
 
 
 class Parser(argparse.ArgumentParser):
@@ -117,7 +116,8 @@ def cmd_methods(args) -> int:
 
 def main(argv=None) -> int:
     commands = {"finetune": cmd_finetune, "export": cmd_export, "methods": cmd_methods}
-    try:
+
+    def parse_and_run(args):
         from .bench import cmd_bench
         from .compare import cmd_compare
         from .curves import cmd_curves
@@ -129,16 +129,8 @@ def main(argv=None) -> int:
 
         quiet_library_bars()  # off a terminal: no tokenizing / weight-loading bars in the log file
         return commands[args.command](args)
-    except UserError as e:
-        print(f"blo-mixup: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except Stopped as e:
-        print(f"blo-mixup: {e}; re-run the same command (finetune: with --resume) to go on", file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        print("blo-mixup: interrupted; finished runs and checkpoints are kept: re-run the same command "
-              "(finetune: with --resume) to go on", file=sys.stderr)
-        return 130
+
+    return run_command(parse_and_run, None)
 
 
 if __name__ == "__main__":

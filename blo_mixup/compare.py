@@ -3,10 +3,15 @@
 The tasks are GLUE tasks (--tasks) or your own data (--train-file or --dataset, one "task" named after it).
 Each run lives in OUTPUT_DIR/runs/<task>/<method>/seed<seed>/. A run is finished when its folder holds
 results.json or OUTPUT_DIR/results.csv holds its row (a table committed without its run folders), and is
-never redone; a killed run continues from its checkpoints. results.csv is rewritten from both, so it keeps
-every finished run of the folder, inside this plan or not, and --report-only needs neither the run folders
-nor the data. A method may carry options of its own for its runs only, as a variant
-("blo-mixup+unroll-steps=5"): its own row, its own run folders.
+never redone; a killed run continues from its checkpoints. A run folder made with other options than the
+plan's is refused. results.csv is rewritten from both, so it keeps every finished run of the folder, inside
+this plan or not, and --report-only needs neither the run folders nor the data. A method may carry options
+of its own for its runs only, as a variant ("blo-mixup+unroll-steps=5"): its own row, its own run folders.
+
+Several processes may share one folder (--workers N, --shard K/N, or machines on a shared filesystem):
+each claims a run before starting it (claims.py), so every run is done once, and each rewrites
+results.csv, summary.md and summary.png atomically from every finished run when it ends, so the last one
+to end leaves the complete table.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-from .config import comma_list, seed_list
+from .claims import DEFAULT_TIMEOUT_S
+from .config import comma_list, seed_list, shard_of
 from .errors import UserError
 
 
@@ -36,6 +42,15 @@ def add_compare_parser(sub) -> None:
                         "on the same seeds, one table each, e.g. vanilla,vanilla-matched (default: the first method)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write results.csv, summary.md and summary.png from the runs finished so far")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run the plan with N local processes, each on its own share of the CPU cores (and one GPU "
+                        "each when there are N); their logs go to OUTPUT_DIR/workers/ (default: 1, this process)")
+    parser.add_argument("--shard", default="1/1",
+                        help="K/N: run the K-th of N parts of the plan (runs K, K+N, ...), for N jobs that share the "
+                        "output folder, e.g. a Slurm array: --shard $SLURM_ARRAY_TASK_ID/N (default: 1/1, all of it)")
+    parser.add_argument("--claim-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="seconds without a heartbeat after which a run claimed by another process on another "
+                        f"machine is taken over and resumed (on this machine: as soon as that process is gone) (default: {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--config", help="JSON or YAML file of options shared by all runs")
     shared = [f for f in dataclasses.fields(RunConfig) if f.name not in ("task", "method", "seed", "output_dir", "overwrite", "resume")]
     SharedOptions = dataclasses.make_dataclass("SharedOptions", [(f.name, f.type, f) for f in shared])
@@ -51,10 +66,10 @@ def cmd_compare(args) -> int:
     from .config import RunConfig, check_data_options, field_names, read_config_file
     from .data import get_task
     from .datafiles import load_task_data
-    from .finetune import run_finetune
     from .methods import get_method
-    from .report import attention_table, paired_table, result_row, summary_plot, summary_table, updates_table, write_results_csv
+    from .report import attention_table, paired_table, summary_plot, summary_table, updates_table, write_results_csv
     from .runs import write_text_atomic
+    from .workers import run_workers
 
     glue = args.tasks is not None  # else your own data (--train-file or --dataset): one "task"
     tasks = [get_task(t).name for t in comma_list(args.tasks, "tasks")] if glue else [None]
@@ -66,8 +81,10 @@ def cmd_compare(args) -> int:
     for baseline in baselines:
         if baseline not in variants:
             raise UserError(f"--paired-against {baseline} is not a row of --methods ({', '.join(methods)}); name one of them")
-    shared = {k: v for k, v in vars(args).items()
-              if k not in ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only", "paired_against")}
+    shared = {k: v for k, v in vars(args).items() if k not in COMPARE_ONLY}
+    shard = shard_of(args.shard)
+    if args.workers < 1 or args.claim_timeout <= 0:
+        raise UserError("--workers must be at least 1 and --claim-timeout positive")
     file_values = read_config_file(args.config) if args.config else {}
 
     def resolve(task, label, seed, run_dir):
@@ -89,27 +106,24 @@ def cmd_compare(args) -> int:
         tasks = [data.task.name]
     output_dir.mkdir(parents=True, exist_ok=True)
     plan = [(t, m, s) for t in tasks for m in methods for s in seeds]
+    mine = plan if args.report_only else plan[shard[0] - 1::shard[1]]
+    runs = {key: resolve(key[0] if glue else None, key[1], key[2], run_folder(output_dir, *key)) for key in mine}
+    refuse_other_options(runs)  # before anything runs or is reported
+    if not args.report_only:
+        if args.workers > 1 and not getattr(args, "worker_index", None):
+            failed = run_workers(cmd_compare, args, mine, output_dir, _score_of_finished(output_dir))
+        else:
+            run_plan(runs, output_dir, args.claim_timeout)
+            failed = []
+        if getattr(args, "worker_index", None):
+            return 0  # the parent writes the report
+
     finished = finished_rows(output_dir)
-    results, durations = [], []
-    for i, (task, method, seed) in enumerate(plan, 1):
-        run_dir = output_dir / "runs" / task / method / f"seed{seed}"
-        line = f"[{i}/{len(plan)}] {task} {method} seed {seed}"
-        if (task, method, seed) in finished:
-            results.append(finished[task, method, seed])
-            print(f"{line}: done earlier, main score {results[-1]['main_score']:.4f}", flush=True)
-            continue
-        if args.report_only:
-            print(f"{line}: not run yet", flush=True)
-            continue
-        eta = _time_left(plan[i - 1:], durations)
-        eta = f", about {_minutes(eta)} left" if eta else ""
-        print(f"{line}: running{eta}", flush=True)
-        run, method_obj = resolve(task if glue else None, method, seed, run_dir)
-        started = time.perf_counter()
-        results.append(result_row({**run_finetune(run, method_obj), "method": method}))
-        finished[task, method, seed] = results[-1]
-        durations.append((method, time.perf_counter() - started))
-        print(f"{line}: main score {results[-1]['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
+    results = [finished[key] for key in plan if key in finished]
+    if args.report_only:
+        for i, key in enumerate(plan, 1):
+            state = f"done earlier, main score {finished[key]['main_score']:.4f}" if key in finished else "not run yet"
+            print(f"[{i}/{len(plan)}] {key[0]} {key[1]} seed {key[2]}: {state}", flush=True)
 
     planned = set(plan)  # this plan's rows first, in its order, then the folder's other finished runs
     rows = results + [row for key, row in finished.items() if key not in planned]
@@ -132,7 +146,86 @@ def cmd_compare(args) -> int:
     summary_plot(results, tasks, methods, output_dir / "summary.png", reference)
     print(table)
     print(f"wrote {output_dir / 'results.csv'}, {output_dir / 'summary.md'}, {output_dir / 'summary.png'}")
+    left = sum(key not in finished for key in mine)
+    if not args.report_only and failed and left:
+        raise UserError("; ".join(failed) + f"; {left} run(s) of the plan not finished: run the same command again to finish them")
+    for line in [] if args.report_only else failed:
+        print(f"{line} (its runs were finished by the others)", flush=True)
     return 0
+
+
+COMPARE_ONLY = ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only", "paired_against", "workers",
+                "shard", "claim_timeout", "worker_index")
+
+
+def run_folder(output_dir: Path, task: str, label: str, seed: int) -> Path:
+    return output_dir / "runs" / task / label / f"seed{seed}"
+
+
+def run_plan(runs: dict, output_dir: Path, claim_timeout: float) -> None:
+    """Run each (task, row, seed) of `runs` ({key: (RunConfig, method)}) that is not finished, claimed first,
+    so that other processes on the folder skip it; a run another live process holds is left to it."""
+    from .claims import claim_path, holder, try_claim
+    from .finetune import run_finetune
+    from .workers import minutes
+
+    score_of = _score_of_finished(output_dir)
+    durations = []
+    for i, ((task, label, seed), (run, method)) in enumerate(runs.items(), 1):
+        line = f"[{i}/{len(runs)}] {task} {label} seed {seed}"
+        if score_of((task, label, seed)) is not None:
+            print(f"{line}: done earlier, main score {score_of((task, label, seed)):.4f}", flush=True)
+            continue
+        path = claim_path(output_dir, task, label, seed)
+        claim = try_claim(path, claim_timeout)
+        if claim is None:
+            print(f"{line}: running in another process ({holder(path)}); left to it", flush=True)
+            continue
+        with claim:
+            if score_of((task, label, seed)) is not None:  # it finished between the look and the claim
+                continue
+            eta = _time_left(list(runs)[i - 1:], durations)
+            print(f"{line}: running" + (f", about {minutes(eta)} left" if eta else ""), flush=True)
+            started = time.perf_counter()
+            result = run_finetune(run, method)
+            durations.append((label, time.perf_counter() - started))
+            print(f"{line}: main score {result['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
+
+
+def _score_of_finished(output_dir: Path):
+    """key -> main score of a finished run (its results.json, or its row in results.csv when the folder
+    was committed without it), else None; results.csv is read once, the run folders every time."""
+    import json
+
+    from .report import read_results_csv
+    from .runs import RESULTS
+
+    csv_path = output_dir / "results.csv"
+    rows = {(r["task"], r["method"], r["seed"]): r["main_score"] for r in read_results_csv(csv_path)} if csv_path.is_file() else {}
+
+    def score_of(key):
+        path = run_folder(output_dir, *key) / RESULTS
+        if path.is_file():
+            return json.loads(path.read_text())["main_score"]
+        return rows.get(key)
+
+    return score_of
+
+
+def refuse_other_options(runs: dict) -> None:
+    """A finished run folder of the plan whose recorded options differ from the plan's is a UserError:
+    mixing it in would put two protocols in one table."""
+    from .checkpoint import changed_options
+    from .config import to_dict, with_train_size
+    from .runs import RESULTS, read_results
+
+    for run, method in runs.values():
+        if (Path(run.output_dir) / RESULTS).is_file():
+            recorded = read_results(run.output_dir)["config"]
+            changed = changed_options(recorded, {**to_dict(with_train_size(run)), "method_options": dataclasses.asdict(method.options)})
+            if changed:
+                raise UserError(f"{run.output_dir} holds a run made with other options ({changed}); give the "
+                                f"comparison those options, or another --output-dir")
 
 
 # "+name=" starts the next option of a variant, so a value such as 1e+2 stays whole.
@@ -225,7 +318,8 @@ def _constant_prediction_scores(rows, tasks, seeds, run_of, data=None) -> dict[s
 
 
 def _time_left(remaining, durations) -> float | None:
-    """Seconds left for the remaining runs: each method's mean run time so far (else the overall mean)."""
+    """Seconds left for the remaining (task, row, seed) runs: each row's mean run time so far (else the
+    overall mean)."""
     if not durations:
         return None
     overall = sum(d for _, d in durations) / len(durations)
@@ -233,7 +327,3 @@ def _time_left(remaining, durations) -> float | None:
     for method, seconds in durations:
         by_method.setdefault(method, []).append(seconds)
     return sum(sum(by_method.get(m, [overall])) / len(by_method.get(m, [overall])) for _, m, _ in remaining)
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

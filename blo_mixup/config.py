@@ -296,3 +296,14 @@ def seed_list(text: str) -> list[int]:
     if not seeds:
         raise UserError(f"--seeds '{text}' names no seed; a range goes up, like 1-5")
     return list(dict.fromkeys(seeds))
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4): the 2nd of 4 parts of a plan (items 2, 6, 10, ...), for processes side by side."""
+    try:
+        shard, shards = (int(x) for x in text.split("/"))
+        if not 1 <= shard <= shards:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--shard must be K/N with 1 <= K <= N, like 1/2; got '{text}'") from None
+    return shard, shards

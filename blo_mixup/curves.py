@@ -276,7 +276,7 @@ def add_curves_parser(sub) -> None:
 
 
 def cmd_curves(args) -> int:
-    from .config import comma_list, seed_list
+    from .config import comma_list, seed_list, shard_of
     from .data import get_task
     from .runs import write_json_atomic
 
@@ -287,11 +287,7 @@ def cmd_curves(args) -> int:
             raise UserError(f"unknown head '{head}' in --heads; choose cls or mean")
     if args.epochs < 1 or args.heldout_size < 1:
         raise UserError("--epochs and --heldout-size must be at least 1")
-    try:
-        shard, shards = (int(x) for x in args.shard.split("/"))
-        assert 1 <= shard <= shards
-    except (ValueError, AssertionError):
-        raise UserError(f"--shard must be K/N with 1 <= K <= N, like 1/2; got '{args.shard}'") from None
+    shard, shards = shard_of(args.shard)
     root = Path(args.output_dir)
     grid = [CurveRun(task, size, head, lr, warmup, args.epochs, seed, args.heldout_size, args.model)
             for size, head, lr, warmup, seed, task in itertools.product(

@@ -7,6 +7,9 @@ The CLI prints a UserError's message as a single line and exits with code 2; a S
 
 import difflib
 import signal
+import sys
+
+EXIT_USAGE = 2
 
 
 class UserError(Exception):
@@ -33,3 +36,20 @@ def unknown_choice(kind: str, value, choices) -> UserError:
     return UserError(
         f"unknown {kind} '{value}'; choose one of: {', '.join(choices)}{did_you_mean(value, choices)}"
     )
+
+
+def run_command(handler, args) -> int:
+    """handler(args)'s exit code, with the command line's error handling: a UserError is one line and exit
+    code 2, a stopped run 128 + its signal, Ctrl-C 130 (`blo-mixup` itself, and each `compare --workers` process)."""
+    try:
+        return handler(args)
+    except UserError as e:
+        print(f"blo-mixup: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Stopped as e:
+        print(f"blo-mixup: {e}; re-run the same command (finetune: with --resume) to go on", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("blo-mixup: interrupted; finished runs and checkpoints are kept: re-run the same command "
+              "(finetune: with --resume) to go on", file=sys.stderr)
+        return 130
