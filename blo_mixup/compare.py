@@ -111,7 +111,7 @@ def cmd_compare(args) -> int:
     refuse_other_options(runs)  # before anything runs or is reported
     if not args.report_only:
         if args.workers > 1 and not getattr(args, "worker_index", None):
-            failed = run_workers(cmd_compare, args, mine, output_dir, _score_of_finished(output_dir))
+            failed = run_workers(cmd_compare, args, mine, output_dir, _finished_lookup(output_dir))
         else:
             run_plan(runs, output_dir, args.claim_timeout)
             failed = []
@@ -167,14 +167,15 @@ def run_plan(runs: dict, output_dir: Path, claim_timeout: float) -> None:
     so that other processes on the folder skip it; a run another live process holds is left to it."""
     from .claims import claim_path, holder, try_claim
     from .finetune import run_finetune
-    from .workers import minutes
+    from .workers import minutes, time_left
 
-    score_of = _score_of_finished(output_dir)
+    finished = _finished_lookup(output_dir)
     durations = []
     for i, ((task, label, seed), (run, method)) in enumerate(runs.items(), 1):
         line = f"[{i}/{len(runs)}] {task} {label} seed {seed}"
-        if score_of((task, label, seed)) is not None:
-            print(f"{line}: done earlier, main score {score_of((task, label, seed)):.4f}", flush=True)
+        done = finished((task, label, seed))
+        if done is not None:
+            print(f"{line}: done earlier, main score {done[0]:.4f}", flush=True)
             continue
         path = claim_path(output_dir, task, label, seed)
         claim = try_claim(path, claim_timeout)
@@ -182,9 +183,9 @@ def run_plan(runs: dict, output_dir: Path, claim_timeout: float) -> None:
             print(f"{line}: running in another process ({holder(path)}); left to it", flush=True)
             continue
         with claim:
-            if score_of((task, label, seed)) is not None:  # it finished between the look and the claim
+            if finished((task, label, seed)) is not None:  # it finished between the look and the claim
                 continue
-            eta = _time_left(list(runs)[i - 1:], durations)
+            eta = time_left(list(runs)[i - 1:], durations)
             print(f"{line}: running" + (f", about {minutes(eta)} left" if eta else ""), flush=True)
             started = time.perf_counter()
             result = run_finetune(run, method)
@@ -192,24 +193,27 @@ def run_plan(runs: dict, output_dir: Path, claim_timeout: float) -> None:
             print(f"{line}: main score {result['main_score']:.4f} in {durations[-1][1]:.0f} s", flush=True)
 
 
-def _score_of_finished(output_dir: Path):
-    """key -> main score of a finished run (its results.json, or its row in results.csv when the folder
-    was committed without it), else None; results.csv is read once, the run folders every time."""
+def _finished_lookup(output_dir: Path):
+    """finished(key) -> (main score, run time in s) of a finished run (its results.json, or its row in
+    results.csv when the folder was committed without it), else None; results.csv is read once, the run
+    folders at every call (other processes may finish runs meanwhile)."""
     import json
 
     from .report import read_results_csv
     from .runs import RESULTS
 
     csv_path = output_dir / "results.csv"
-    rows = {(r["task"], r["method"], r["seed"]): r["main_score"] for r in read_results_csv(csv_path)} if csv_path.is_file() else {}
+    rows = ({(r["task"], r["method"], r["seed"]): (r["main_score"], r["total_time_s"] or 0.0) for r in read_results_csv(csv_path)}
+            if csv_path.is_file() else {})
 
-    def score_of(key):
+    def finished(key):
         path = run_folder(output_dir, *key) / RESULTS
         if path.is_file():
-            return json.loads(path.read_text())["main_score"]
+            result = json.loads(path.read_text())
+            return result["main_score"], result.get("total_time_s") or 0.0
         return rows.get(key)
 
-    return score_of
+    return finished
 
 
 def refuse_other_options(runs: dict) -> None:
@@ -315,15 +319,3 @@ def _constant_prediction_scores(rows, tasks, seeds, run_of, data=None) -> dict[s
         if task in tasks and planned:
             reference[task] = statistics.fmean(planned)
     return reference
-
-
-def _time_left(remaining, durations) -> float | None:
-    """Seconds left for the remaining (task, row, seed) runs: each row's mean run time so far (else the
-    overall mean)."""
-    if not durations:
-        return None
-    overall = sum(d for _, d in durations) / len(durations)
-    by_method: dict[str, list[float]] = {}
-    for method, seconds in durations:
-        by_method.setdefault(method, []).append(seconds)
-    return sum(sum(by_method.get(m, [overall])) / len(by_method.get(m, [overall])) for _, m, _ in remaining)

@@ -46,8 +46,8 @@ def gpu_count() -> int:
 
 def run_workers(command, args, plan: list[tuple[str, str, int]], output_dir: Path, finished) -> list[str]:
     """Run `plan` with args.workers processes, each running command(args) (compare's, with args.worker_index
-    set); print each finished run as it lands. finished(key) -> the finished run's main score or None.
-    Returns a line per worker that failed (empty when all went well)."""
+    set); print each finished run as it lands. finished(key) -> (main score, run time in s) of a finished
+    run, or None. Returns a line per worker that failed (empty when all went well)."""
     import multiprocessing
 
     logs = output_dir / "workers"
@@ -78,19 +78,19 @@ def run_workers(command, args, plan: list[tuple[str, str, int]], output_dir: Pat
         where = f"GPU {env['CUDA_VISIBLE_DEVICES']}, " if gpu_ids else ""
         print(f"worker {index}: {where}{len(cores)} CPU thread(s) on core(s) {_ranges(cores)}; log {log}", flush=True)
 
-    started, seen = time.time(), {key for key in plan if finished(key) is not None}
-    done_here = 0
+    seen = {key for key in plan if finished(key) is not None}
+    durations = []  # (row, seconds) of the runs finished while we watch
     try:
         while True:
             running = any(p.is_alive() for p, _ in processes)  # is_alive() also reaps a killed worker
             for key in plan:
-                score = None if key in seen else finished(key)
-                if score is not None:
+                done = None if key in seen else finished(key)
+                if done is not None:
                     seen.add(key)
-                    done_here += 1
-                    left = (len(plan) - len(seen)) * (time.time() - started) / done_here
-                    print(f"[{len(seen)}/{len(plan)}] {key[0]} {key[1]} seed {key[2]}: main score {score:.4f}"
-                          + (f", about {minutes(left)} left" if len(seen) < len(plan) else ""), flush=True)
+                    durations.append((key[1], done[1]))
+                    left = time_left([k for k in plan if k not in seen], durations) / len(processes)
+                    print(f"[{len(seen)}/{len(plan)}] {key[0]} {key[1]} seed {key[2]}: main score {done[0]:.4f} in "
+                          f"{done[1]:.0f} s" + (f", about {minutes(left)} left" if len(seen) < len(plan) else ""), flush=True)
             if not running:
                 break
             time.sleep(POLL_S)
@@ -117,6 +117,18 @@ def _worker(command, args, index: int, cores: list[int], log: str) -> None:
         args.worker_index = index
         code = run_command(command, args)
     sys.exit(code)
+
+
+def time_left(remaining, durations) -> float | None:
+    """Seconds of runs left for the remaining (task, row, seed) runs: each row's mean run time so far (else
+    the overall mean); None before any run has finished."""
+    if not durations:
+        return None
+    overall = sum(d for _, d in durations) / len(durations)
+    by_row: dict[str, list[float]] = {}
+    for row, seconds in durations:
+        by_row.setdefault(row, []).append(seconds)
+    return sum(sum(by_row.get(r, [overall])) / len(by_row.get(r, [overall])) for _, r, _ in remaining)
 
 
 def _ranges(cores: list[int]) -> str:

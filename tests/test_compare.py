@@ -164,7 +164,7 @@ def test_attention_table_and_columns_say_how_far_A_moved(tmp_path):
 
 
 def test_time_left_uses_each_methods_own_run_time():
-    from blo_mixup.compare import _time_left
+    from blo_mixup.workers import time_left as _time_left
 
     remaining = [("rte", "vanilla", 3), ("rte", "blo-mixup", 1), ("rte", "blo-mixup", 2)]
     assert _time_left(remaining, []) is None

@@ -149,3 +149,24 @@ def test_a_killed_worker_s_run_resumes_to_the_same_numbers(glue_dir, tiny_bert_d
         assert main(compare_args(glue_dir, tiny_bert_dir, out, *extra)) == 0  # finishes the plan
     assert table(out) == {("rte", "blo-mixup", 1), ("rte", "blo-mixup", 2)}
     assert_same_run(whole / "runs" / "rte" / "blo-mixup" / victim[1], killed_run)  # every number and weight
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_keeps_what_finished(glue_dir, tiny_bert_dir, tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the workers save and stop, the claims are
+    released, and the same command then finishes the plan."""
+    out = tmp_path / "cmp"
+    args = compare_args(glue_dir, tiny_bert_dir, out, "--workers", "2", "--epochs", "8", "--train-size", "32", "--save-steps", "1")
+    parent = subprocess.Popen([sys.executable, "-m", "blo_mixup.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((out / "runs").glob("*/*/seed*/checkpoints/stage*.pt")) and time.time() < deadline:
+        time.sleep(0.02)  # the first saved step of the first runs: the plan's other runs are still to come
+    os.killpg(parent.pid, signal.SIGINT)
+    printed = parent.communicate(timeout=300)[0]
+    assert parent.returncode == 130, printed
+    assert "stopping the workers" in printed and "[6/6]" not in printed
+    # every worker let go of its run (a worker stopped between its claim and its run leaves a dead one)
+    assert all(claims.is_stale(path, 600) for path in (out / "claims").rglob("*.json"))
+    assert main(args) == 0
+    assert table(out) == PLAN
