@@ -214,23 +214,25 @@ def shared_loop_case(name: str, method, options, batches, device, eager: bool = 
     return Case(name, step, lambda: resident_tensors(model, *extra, optimizers=[opt.optimizer]))
 
 
-def blo_case(hypergradient: str, unroll: int, options, batches_d1, batches_d2, device, *, name: str | None = None,
-             outer_lr: float = 2e-3, phase_epochs: tuple | None = None) -> Case:
+def blo_case(hypergradient, options, batches_d1, batches_d2, device, *, name: str, outer_lr: float = 2e-3,
+             phase_epochs: tuple | None = None) -> Case:
+    """One BLO iteration with `hypergradient` (blo.hypergradients.HypergradientSettings: its unroll steps
+    lower steps, then one upper step)."""
     from .blo.engine import BLOSettings, build_engine
-    from .blo.hypergradients import needs_double_backward
     from .blo.mixup import MixupConfig, attach_weight_mixup
 
-    model, _ = _load(options, needs_double_backward(hypergradient), device)
+    model, _ = _load(options, hypergradient.second_order, device)
     mixup = attach_weight_mixup(model, MixupConfig())
-    settings = BLOSettings(hypergradient=hypergradient, unroll_steps=unroll, lower_lr=1e-5, upper_lr=outer_lr)
+    settings = BLOSettings(hypergradient=hypergradient, lower_lr=1e-5, upper_lr=outer_lr)
     engine = build_engine(model, mixup, batches_d1, batches_d2, settings, device=str(device), train_iters=10**6)
     engine.train()
+    unroll = hypergradient.unroll_steps
 
     def iteration():
         for _ in range(unroll):
             engine.train_step()
 
-    return Case(name or f"blo-{hypergradient}-u{unroll}", iteration,
+    return Case(name, iteration,
                 lambda: resident_tensors(model, mixup, optimizers=[engine.weights.optimizer, engine.attention.optimizer]),
                 lower_steps=unroll, note=f"{unroll} lower + 1 upper step", phase_epochs=phase_epochs)
 
@@ -288,11 +290,11 @@ class CaseBuilder:
         """A phase-2 step of the core method: the mixed model with A fixed."""
         return self._once("mixup-step", lambda: _mixup_step_case(self.options, self.batches, self.device))
 
-    def blo(self, hypergradient: str, unroll: int, *, name: str | None = None, outer_lr: float = 2e-3,
-            phase_epochs: tuple | None = None) -> Case:
-        """One BLO iteration (unroll lower steps and one upper step) through the real Betty engine."""
-        name = name or f"blo-{hypergradient}-u{unroll}"
-        return self._once(name, lambda: blo_case(hypergradient, unroll, self.options, self.batches, self.batches_d2,
+    def blo(self, hypergradient, *, name: str | None = None, outer_lr: float = 2e-3, phase_epochs: tuple | None = None) -> Case:
+        """One BLO iteration (unroll lower steps and one upper step) through the real Betty engine, with
+        `hypergradient` (blo.hypergradients.HypergradientSettings) as the method built it."""
+        name = name or f"blo-{hypergradient.name}-u{hypergradient.unroll_steps}"
+        return self._once(name, lambda: blo_case(hypergradient, self.options, self.batches, self.batches_d2,
                                                  self.device, name=name, outer_lr=outer_lr, phase_epochs=phase_epochs))
 
 

@@ -14,7 +14,7 @@ def builder(monkeypatch):
     def record(kind):
         def build(*args, **kwargs):  # blo cases come with name=, shared-loop ones name first
             name = kwargs.get("name") or (args[0] if kind == "shared" else "mixup-step")
-            asked = args[:2] if kind == "blo" else None
+            asked = (args[0].name, args[0].unroll_steps) if kind == "blo" else None  # its HypergradientSettings
             return bench.Case(name, None, None, note=(kind, asked, kwargs.get("outer_lr"), kwargs.get("phase_epochs")))
         return build
 

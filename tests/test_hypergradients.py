@@ -166,15 +166,39 @@ def quiet_betty():
 
 def test_methods_are_registered_in_betty_under_their_own_names():
     assert hg.HYPERGRADIENTS == ("darts", "darts-plain", "neumann", "cg", "sama")
+    assert tuple(name for name, *_ in hg.BUILTINS) == hg.HYPERGRADIENTS  # one table
     for name in hg.HYPERGRADIENTS:
-        assert jvp_fn_mapping[hg.REGISTERED_NAMES[name]] is getattr(hg, name.replace("-", "_"))
+        assert jvp_fn_mapping[hg.get_hypergradient(name).betty_type] is getattr(hg, name.replace("-", "_"))
     assert jvp_fn_mapping["blo_darts"] is hg.darts and jvp_fn_mapping["blo_darts_plain"] is hg.darts_plain
-    before = dict(jvp_fn_mapping)
-    hg.register()
-    assert jvp_fn_mapping == before  # idempotent
     from betty.hypergradient.cg import cg as betty_cg
 
     assert jvp_fn_mapping["cg"] is betty_cg  # Betty's own names untouched
+
+
+def test_the_old_names_still_work_for_one_release_and_say_so():
+    with pytest.warns(DeprecationWarning, match="REGISTERED_NAMES is deprecated"):
+        assert hg.REGISTERED_NAMES["neumann"] == "blo_neumann"
+    with pytest.warns(DeprecationWarning, match="DEFAULTS is deprecated"):
+        assert hg.DEFAULTS["neumann"] == {"iterations": 3, "alpha": 0.01}
+    before = dict(jvp_fn_mapping)
+    with pytest.warns(DeprecationWarning, match="register is deprecated"):
+        hg.register()
+    assert jvp_fn_mapping == before  # idempotent
+
+
+def test_settings_are_built_once_and_give_the_lower_config():
+    settings = hg.HypergradientSettings.build("Neumann", iterations=4, options="alpha=0.1", unroll_steps=2)
+    assert (settings.name, dict(settings.options), settings.unroll_steps, settings.second_order) == (
+        "neumann", {"iterations": 4, "alpha": 0.1}, 2, True)
+    config = settings.betty_config(gradient_clipping=5.0)
+    assert (config.type, config.unroll_steps, config.neumann_iterations, config.neumann_alpha, config.gradient_clipping) == (
+        "blo_neumann", 2, 4, 0.1, 5.0)
+    assert vars(config) == vars(hg.hypergradient_config("neumann", iterations=4, options="alpha=0.1", unroll_steps=2,
+                                                          gradient_clipping=5.0))
+    with pytest.raises(UserError, match="Config field 'unroll_steps' is set from the hypergradient's options"):
+        settings.betty_config(unroll_steps=3)
+    with pytest.raises(UserError, match="unroll_steps=0 for the 'darts' hypergradient; give a whole number >= 1"):
+        hg.HypergradientSettings.build("darts", unroll_steps=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -519,7 +543,7 @@ def test_config_fields_and_defaults():
         (("neumann",), {"alpha": -1.0}, "alpha=-1.0 .*> 0"),
         (("darts",), {"radius": float("nan")}, "radius=nan"),
         (("darts",), {"unroll_steps": 0}, "unroll_steps=0"),
-        (("darts",), {"darts_alpha": 0.1}, "'darts_alpha' is set by hypergradient_config"),
+        (("darts",), {"darts_alpha": 0.1}, "'darts_alpha' is set from the hypergradient's options"),
         (("darts",), {"darts_multitask": True}, "'darts_multitask' is not supported"),
         (("darts",), {"gradient_clip": 1.0}, "unknown Betty Config field 'gradient_clip'.*gradient_clipping"),
     ],

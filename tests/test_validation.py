@@ -167,7 +167,7 @@ def test_second_order_hypergradient_without_double_backward(hypergradient, glue_
 
 
 def test_other_runtime_errors_are_not_turned_into_user_errors():
-    from blo_mixup.blo.hypergradients import _double_backward
+    from blo_mixup.blo.hypergradients.utils import double_backward as _double_backward
 
     with pytest.raises(RuntimeError, match="out of memory"):
         with _double_backward("neumann"):

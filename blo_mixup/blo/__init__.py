@@ -1,7 +1,7 @@
 """The core method in one place: attention-guided weight mixup trained by bi-level optimization.
 
 - mixup.py: WeightMixup, A*W + (1-A)*W0 on any transformers model (attach, merge)
-- hypergradients.py: the hypergradient registry (darts, darts-plain, neumann, cg, sama, your own)
+- hypergradients/: the hypergradient methods (darts, darts-plain, sama, neumann, cg), their registry, your own
 - problems.py: the Betty Problem nodes (task weights, attention, data weighting)
 - levels.py: each node declared once (how to build it, which levels it touches)
 - engine.py: the Betty Engine built from those declarations, phase 1 with checkpoints
@@ -15,7 +15,7 @@ import importlib
 
 _PUBLIC = {
     "mixup": ("MixupConfig", "WeightMixup", "attach_weight_mixup", "is_mixed", "merge_weight_mixup"),
-    "hypergradients": ("register_hypergradient", "hypergradient_names", "hypergradient_config"),
+    "hypergradients": ("register_hypergradient", "hypergradient_names", "hypergradient_config", "HypergradientSettings"),
     "problems": ("TaskWeights", "MixupAttention", "DataWeighting", "ExampleWeights"),
     "engine": ("BLOSettings", "build_engine", "run_phase1", "register_level"),
     "levels": ("Level", "LevelContext", "LEVELS"),

@@ -1,8 +1,8 @@
 """Assembles the Betty Engine for bi-level (or three-level) mixup fine-tuning and runs both phases.
 
 Phase 1: BLO over D1/D2. The lower problem (TaskWeights) takes `unroll_steps` steps on D1, then the
-upper problem (MixupAttention) takes one step on D2 with the hypergradient method configured on the
-LOWER problem's Config (Betty reads it there). Phase 2: A fixed, W fine-tuned on the whole subsample.
+upper problem (MixupAttention) takes one step on D2 with the hypergradient configured on the LOWER
+problem's Config (Betty reads it there). Phase 2: A fixed, W fine-tuned on the whole subsample.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from betty.configs import Config, EngineConfig
@@ -19,7 +19,7 @@ from betty.engine import Engine
 from ..checkpoint import stop_at_next_step, stop_requested
 from ..distributed import world_size
 from ..errors import UserError
-from .hypergradients import hypergradient_config, parse_options
+from .hypergradients import HypergradientSettings, parse_options
 from .levels import Level, LevelContext, dependencies, graph_levels, level_names, readers, register_level
 from .problems import DataWeighting, ExampleWeights, MixupAttention, TaskWeights
 from ..training import default_param_groups, progress_bar
@@ -27,14 +27,11 @@ from ..training import default_param_groups, progress_bar
 
 @dataclass
 class BLOSettings:
-    """Phase-1 settings (docs/method.md; the paper's defaults)."""
+    """Phase-1 settings (docs/method.md; the paper's defaults). `hypergradient`: the upper level's
+    hypergradient, its options and the lower steps per upper step (HypergradientSettings), or a registered
+    name for that method at its defaults and one lower step per upper step."""
 
-    hypergradient: str = "darts"
-    hypergradient_iterations: int | None = None
-    hypergradient_alpha: float | None = None
-    hypergradient_radius: float | None = None
-    hypergradient_options: dict | str | None = None  # any option of the method by name (hypergradient_config)
-    unroll_steps: int = 1
+    hypergradient: HypergradientSettings | str = "darts"
     epochs: float = 3.0
     lower_lr: float = 2e-5
     lower_weight_decay: float = 0.01
@@ -47,7 +44,14 @@ class BLOSettings:
     level_options: dict | str | None = None  # handed to the added levels' build functions (LevelContext.options)
     data_weight_lr: float = 1e-2
     skip_nonfinite: int = 0  # updates with a NaN/Inf gradient that may be skipped (then: stop)
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.hypergradient, HypergradientSettings):
+            self.hypergradient = HypergradientSettings.build(self.hypergradient)
+
+    @property
+    def unroll_steps(self) -> int:
+        return self.hypergradient.unroll_steps
 
 
 def quiet_betty() -> None:
@@ -80,7 +84,6 @@ class ProgressEngine(Engine):
     progress = None
     stage = None  # checkpoint.Stage
     loaders: dict = {}  # name -> checkpoint.ResumableLoader
-    unroll_steps = 1
     last_save = 0
 
     def __init__(self, *args, device: str = "cpu", **kwargs):
@@ -99,6 +102,11 @@ class ProgressEngine(Engine):
         self.device = self.run_device
         return {"strategy": self._strategy, "backend": dist.get_backend(), "world_size": self._world_size,
                 "rank": self._rank, "local_rank": self._local_rank}
+
+    @property
+    def unroll_steps(self) -> int:
+        """Lower steps per upper step, as the lower problem's Config holds it (Betty reads it there)."""
+        return self.weights.config.unroll_steps
 
     def cleanup(self):
         if self._strategy != "distributed":  # the process group outlives phase 1 (phase 2, evaluation)
@@ -219,15 +227,12 @@ def level_config(level: Level, read_by: dict, settings: BLOSettings):
     """A level's Betty Config from its place in the graph: Betty reads the hypergradient of an edge on
     its LOWER problem, so a level that others read carries one; the top levels do not."""
     if level.name == "weights":
-        return hypergradient_config(
-            settings.hypergradient, iterations=settings.hypergradient_iterations, alpha=settings.hypergradient_alpha,
-            radius=settings.hypergradient_radius, options=settings.hypergradient_options,
-            unroll_steps=settings.unroll_steps, gradient_clipping=settings.lower_clip)
+        return settings.hypergradient.betty_config(gradient_clipping=settings.lower_clip)
     if read_by[level.name]:
         # A level in the middle (the attention under "data"): a finite difference is the only kind Betty
         # allows there; darts-plain (identity, a unit step) is the form checked against unrolled finite
         # differences (docs/three-levels.md), and it does not depend on this level's optimizer state.
-        return hypergradient_config("darts-plain", retain_graph=True, first_order=True)
+        return HypergradientSettings.build("darts-plain").betty_config(retain_graph=True, first_order=True)
     return upper_config()
 
 
@@ -285,7 +290,7 @@ def run_phase1(model, mixup, d1_loader, d2_loader, settings: BLOSettings, *, dev
                         "the attention would never be updated; lower --unroll-steps or raise --phase1-epochs")
     engine = build_engine(model, mixup, d1_loader, d2_loader, settings, device=device, train_iters=train_iters,
                           d1_ids=d1_ids, top_loader=top_loader)
-    engine.stage, engine.unroll_steps = stage, settings.unroll_steps
+    engine.stage = stage
     engine.loaders = {name: loader for name, loader in (("d1", d1_loader), ("d2", d2_loader), ("top", top_loader))
                       if hasattr(loader, "state_dict")}
     if stage is not None and stage.state is not None:

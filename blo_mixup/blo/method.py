@@ -13,10 +13,6 @@ import torch
 
 from ..methods.base import Method, register
 
-# The built-in hypergradients (the --hypergradient help names them; tests check this against the
-# registry). validate accepts every registered name: blo_mixup.hypergradients.hypergradient_names().
-HYPERGRADIENT_CHOICES = ("darts", "darts-plain", "neumann", "cg", "sama")
-
 
 @dataclass
 class BloMixupOptions:
@@ -59,32 +55,31 @@ class BloMixup(Method):
         self.stats = {}
 
     def validate(self) -> None:
-        """The checks beyond the fields' ranges and choices (Method.__init__ checked those, from the metadata)."""
-        from .hypergradients import hypergradient_config, import_hypergradient_module
+        """The checks beyond the fields' ranges and choices (Method.__init__ checked those, from the metadata).
+        The hypergradient is built here, once per run: an unregistered name (with a suggestion) or a wrong
+        option fails early, and self.hypergradient carries it to the engine and to bench."""
+        from .hypergradients import HypergradientSettings, import_hypergradient_module
 
         o = self.options
         if o.hypergradient_module:
             import_hypergradient_module(o.hypergradient_module)
-        # Builds (and so validates) the lower problem's Betty config: an unregistered name (with a
-        # suggestion) and wrong options fail here, early.
-        hypergradient_config(o.hypergradient, iterations=o.hypergradient_iterations, alpha=o.hypergradient_alpha,
-                             radius=o.hypergradient_radius, options=o.hypergradient_options,
-                             unroll_steps=o.unroll_steps)
+        self.hypergradient = HypergradientSettings.build(
+            o.hypergradient, iterations=o.hypergradient_iterations, alpha=o.hypergradient_alpha,
+            radius=o.hypergradient_radius, options=o.hypergradient_options, unroll_steps=o.unroll_steps)
         if o.level_module:
             import_hypergradient_module(o.level_module, option="level_module")
         from .engine import BLOSettings, added_levels
         from .levels import graph_levels
 
-        graph_levels(added_levels(BLOSettings(levels=o.levels, add_levels=o.add_levels)))  # unknown levels fail early
+        # unknown levels fail early
+        graph_levels(added_levels(BLOSettings(self.hypergradient, levels=o.levels, add_levels=o.add_levels)))
         if self.run is not None and (self.run.train_size or 0) > 0:  # fail before loading; split_two checks again
             from ..data import split_sizes
 
             split_sizes(self.run.train_size, o.split_ratio)
 
     def model_kwargs(self):
-        from .hypergradients import needs_double_backward
-
-        return {"eager_attention": needs_double_backward(self.options.hypergradient)}
+        return {"eager_attention": self.hypergradient.second_order}
 
     def mixup_config(self):
         from .mixup import MixupConfig
@@ -107,9 +102,7 @@ class BloMixup(Method):
 
         o, run = self.options, ctx.run
         settings = BLOSettings(
-            hypergradient=o.hypergradient, hypergradient_iterations=o.hypergradient_iterations,
-            hypergradient_alpha=o.hypergradient_alpha, hypergradient_radius=o.hypergradient_radius,
-            hypergradient_options=o.hypergradient_options, unroll_steps=o.unroll_steps, epochs=o.phase1_epochs or run.epochs, lower_lr=ctx.lr,
+            hypergradient=self.hypergradient, epochs=o.phase1_epochs or run.epochs, lower_lr=ctx.lr,
             lower_weight_decay=run.weight_decay, lower_warmup_ratio=run.warmup_ratio, lower_clip=o.inner_clip,
             upper_lr=o.outer_lr, levels=o.levels, add_levels=o.add_levels, level_options=o.level_options,
             data_weight_lr=o.data_weight_lr, skip_nonfinite=run.skip_nonfinite)
@@ -179,10 +172,13 @@ class BloMixup(Method):
     def bench_cases(self, bench):
         """`blo-mixup bench`: a phase-2 step, then one BLO iteration: blo-mixup's for each of bench's
         --hypergradients x --unroll-steps, a preset's at its own hypergradient, unroll steps, outer lr and phases."""
+        from .hypergradients import HypergradientSettings
+
         o = self.options
         if type(self) is BloMixup:
-            return [bench.mixup_step(), *(bench.blo(h, u) for h in bench.hypergradients for u in bench.unroll_steps)]
-        return [bench.mixup_step(), bench.blo(o.hypergradient, o.unroll_steps, name=self.name, outer_lr=o.outer_lr,
+            return [bench.mixup_step(), *(bench.blo(HypergradientSettings.build(h, unroll_steps=u))
+                                          for h in bench.hypergradients for u in bench.unroll_steps)]
+        return [bench.mixup_step(), bench.blo(self.hypergradient, name=self.name, outer_lr=o.outer_lr,
                                               phase_epochs=(o.phase1_epochs, o.phase2_epochs))]
 
 
