@@ -157,8 +157,11 @@ def test_ctrl_c_stops_every_worker_and_keeps_what_finished(glue_dir, tiny_bert_d
     released, and the same command then finishes the plan."""
     out = tmp_path / "cmp"
     args = compare_args(glue_dir, tiny_bert_dir, out, "--workers", "2", "--epochs", "8", "--train-size", "32", "--save-steps", "1")
+    # its own process group, as a terminal's job; SIGINT at its default even where this test runs in the
+    # background of a shell, which starts background jobs with SIGINT ignored (Python then keeps it ignored)
     parent = subprocess.Popen([sys.executable, "-m", "blo_mixup.cli", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list((out / "runs").glob("*/*/seed*/checkpoints/stage*.pt")) and time.time() < deadline:
         time.sleep(0.02)  # the first saved step of the first runs: the plan's other runs are still to come
