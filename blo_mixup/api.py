@@ -75,7 +75,7 @@ def fit(model, train, eval=None, *, method: str = "blo-mixup", output_dir: str |
         "blo-mixup-fit-"), which is not deleted: FitResult.output_dir names it.
     **options: `blo-mixup finetune`'s options with underscores: the run's (text_columns, label_column,
         problem_type, metric, validation_ratio, test_file, lr, epochs, batch_size, seed, train_size,
-        max_length, ...) and the chosen method's (blo-mixup: hypergradient, unroll_steps, outer_lr, ...).
+        max_length, ...) and the chosen method's (blo-mixup: hypergradient, unroll_steps, upper_lr, ...).
         text_columns may be a list ["premise", "hypothesis"] or a string "premise,hypothesis". An unknown
         name, or an option of another method, raises a UserError naming the closest valid name or the
         method it belongs to, as the command does. The options that name a data source (task,

@@ -9,7 +9,7 @@ to max_length, and the head is the data's. Cases:
 - mixup-step:       the same step on the mixed model with A fixed (a phase-2 step of blo-mixup).
 - blo-<hg>-u<U>:    one BLO iteration of blo-mixup: U lower steps on D1 and one upper step on D2 with
                     hypergradient <hg>, through the real Betty engine (engine.build_engine).
-- blo-mixup-fast:   one BLO iteration of that preset (its hypergradient, unroll steps and outer lr).
+- blo-mixup-fast:   one BLO iteration of that preset (its hypergradient, unroll steps and upper lr).
 - <method>:         one step of any other method that trains with the shared loop (its own hooks).
 
 Each method names its own cases (Method.bench_cases, built with a CaseBuilder); bench knows no method names.
@@ -214,7 +214,7 @@ def shared_loop_case(name: str, method, options, batches, device, eager: bool = 
     return Case(name, step, lambda: resident_tensors(model, *extra, optimizers=[opt.optimizer]))
 
 
-def blo_case(hypergradient, options, batches_d1, batches_d2, device, *, name: str, outer_lr: float = 2e-3,
+def blo_case(hypergradient, options, batches_d1, batches_d2, device, *, name: str, upper_lr: float = 2e-3,
              phase_epochs: tuple | None = None) -> Case:
     """One BLO iteration with `hypergradient` (blo.hypergradients.HypergradientSettings: its unroll steps
     lower steps, then one upper step)."""
@@ -223,7 +223,7 @@ def blo_case(hypergradient, options, batches_d1, batches_d2, device, *, name: st
 
     model, _ = _load(options, hypergradient.second_order, device)
     mixup = attach_weight_mixup(model, MixupConfig())
-    settings = BLOSettings(hypergradient=hypergradient, lower_lr=1e-5, upper_lr=outer_lr)
+    settings = BLOSettings(hypergradient=hypergradient, lower_lr=1e-5, upper_lr=upper_lr)
     engine = build_engine(model, mixup, batches_d1, batches_d2, settings, device=str(device), train_iters=10**6)
     engine.train()
     unroll = hypergradient.unroll_steps
@@ -290,12 +290,12 @@ class CaseBuilder:
         """A phase-2 step of the core method: the mixed model with A fixed."""
         return self._once("mixup-step", lambda: _mixup_step_case(self.options, self.batches, self.device))
 
-    def blo(self, hypergradient, *, name: str | None = None, outer_lr: float = 2e-3, phase_epochs: tuple | None = None) -> Case:
+    def blo(self, hypergradient, *, name: str | None = None, upper_lr: float = 2e-3, phase_epochs: tuple | None = None) -> Case:
         """One BLO iteration (unroll lower steps and one upper step) through the real Betty engine, with
         `hypergradient` (blo.hypergradients.HypergradientSettings) as the method built it."""
         name = name or f"blo-{hypergradient.name}-u{hypergradient.unroll_steps}"
         return self._once(name, lambda: blo_case(hypergradient, self.options, self.batches, self.batches_d2,
-                                                 self.device, name=name, outer_lr=outer_lr, phase_epochs=phase_epochs))
+                                                 self.device, name=name, upper_lr=upper_lr, phase_epochs=phase_epochs))
 
 
 def _mixup_step_case(options, batches, device) -> Case:

@@ -45,8 +45,10 @@ def changed_options(saved: dict, now: dict) -> str:
     """'lr: 0.0001 then, 0.0002 now, ...' for the options (outside MAY_CHANGE_ON_RESUME) whose values differ
     between a recorded run and now; '' when none. An option added to blo-mixup after the record was written
     is fine at its default."""
-    from .config import RunConfig
+    from .config import RENAMED, RunConfig
 
+    if isinstance(saved.get("method_options"), dict):  # a run recorded before an option was renamed
+        saved = {**saved, "method_options": {RENAMED.get(k, k): v for k, v in saved["method_options"].items()}}
     saved, now = (json.loads(json.dumps({k: v for k, v in values.items() if k not in MAY_CHANGE_ON_RESUME}, default=str))
                   for values in (saved, now))
     defaults = dataclasses.asdict(RunConfig())

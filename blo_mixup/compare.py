@@ -241,7 +241,7 @@ def method_variants(text: str) -> dict[str, tuple[str, dict[str, str]]]:
     """--methods 'vanilla,blo-mixup+unroll-steps=5' -> {label: (method, option values)}:
     {'vanilla': ('vanilla', {}), 'blo-mixup+unroll-steps=5': ('blo-mixup', {'unroll_steps': '5'})}.
     Values stay strings here; they are typed and range-checked with the method's other options."""
-    from .config import RunConfig, check_known_keys, field_names
+    from .config import RENAMED, RunConfig, check_known_keys, field_names
     from .methods import get_method
 
     variants = {}
@@ -250,10 +250,11 @@ def method_variants(text: str) -> dict[str, tuple[str, dict[str, str]]]:
         if "+" in method:  # a '+' not followed by OPTION=
             raise UserError(f"--methods {spec}: write a variant as METHOD+OPTION=VALUE, e.g. blo-mixup+unroll-steps=5")
         known = field_names(RunConfig) + field_names(get_method(method).options_class)
-        values = {}
+        values, spelled = {}, []  # the label keeps the user's spelling of each option (old names too)
         for part in parts:
             key, _, value = part.partition("=")
-            key = key.replace("-", "_")
+            spelled.append((key.replace("_", "-"), value))
+            key = RENAMED.get(key.replace("-", "_"), key.replace("-", "_"))
             if not value:
                 raise UserError(f"--methods {spec}: option '{key}' has no value; write it as {method}+{key.replace('_', '-')}=VALUE")
             if key in values:
@@ -264,7 +265,7 @@ def method_variants(text: str) -> dict[str, tuple[str, dict[str, str]]]:
             values[key] = value
         check_known_keys(values, known, f"--methods {spec}",
                          f"a variant takes the run options and {method}'s own (`blo-mixup finetune --help`), without the leading dashes")
-        label = method + "".join(f"+{k.replace('_', '-')}={v}" for k, v in values.items())
+        label = method + "".join(f"+{k}={v}" for k, v in spelled)
         if label in variants:
             raise UserError(f"--methods names {label} twice; drop one")
         variants[label] = (method, values)

@@ -104,7 +104,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({e}); fix its syntax") from e
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of option names to values; found {type(data).__name__}")
-    return translate_hf_names({str(k).replace("-", "_"): v for k, v in data.items()}, f"config file {path}")
+    return translate_names({str(k).replace("-", "_"): v for k, v in data.items()}, f"config file {path}")
 
 
 # Hugging Face TrainingArguments (and run_glue.py) names -> this package's option names.
@@ -119,14 +119,22 @@ HF_NAMES = {
 }
 
 
-def translate_hf_names(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Accept TrainingArguments names (learning_rate, num_train_epochs, ...) as this package's options.
-    warmup_ratio, weight_decay, seed, output_dir, max_grad_norm and report_to are the same names here."""
+# Options renamed so that the code, the flags and the docs name the two levels alike (lower and upper):
+# old name -> name now. The old names stay accepted everywhere a name is given (flags, config files,
+# fit() keywords, compare's variants) and in recorded runs (--resume, compare's check of a run folder).
+RENAMED = {"outer_lr": "upper_lr", "inner_clip": "lower_clip"}
+
+
+def translate_names(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Accept TrainingArguments names (learning_rate, num_train_epochs, ...) and the old names of renamed
+    options (outer_lr) as this package's options. warmup_ratio, weight_decay, seed, output_dir,
+    max_grad_norm and report_to are the same names here."""
     translated = {}
     for key, value in values.items():
-        ours = HF_NAMES.get(key, key)
+        ours = HF_NAMES.get(key) or RENAMED.get(key) or key
         if ours != key and ours in values:
-            raise UserError(f"{where} sets both '{key}' (Hugging Face's name) and '{ours}' (the same option); keep one")
+            whose = "Hugging Face's name" if key in HF_NAMES else "its old name"
+            raise UserError(f"{where} sets both '{key}' ({whose}) and '{ours}' (the same option); keep one")
         translated[ours] = value
     return translated
 

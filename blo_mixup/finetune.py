@@ -93,7 +93,7 @@ def finetune_with_model(run: RunConfig, method, data=None):
             stats = method.fit(model, ctx)
     except NonFiniteError as error:
         last = checkpoints.last_good() if checkpoints else "none (--save-steps 0)"
-        raise UserError(f"{error}; last good checkpoint: {last}. Lower --lr (now {ctx.lr:g}) or --outer-lr and "
+        raise UserError(f"{error}; last good checkpoint: {last}. Lower --lr (now {ctx.lr:g}) or --upper-lr and "
                         f"start over with --overwrite, or skip such steps: --resume --skip-nonfinite N") from None
     train_time = time.perf_counter() - train_started
     if processes is not None and not processes.is_main:  # rank 0 evaluates and writes

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from .config import flag
+from .config import RENAMED, flag
 from .errors import UserError
 
 
@@ -32,15 +32,17 @@ def add_dataclass_flags(group, cls, seen: set[str] | None = None) -> None:
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
         group.add_argument(flag(f.name), help=f"{help_text} (default: {default})", **kwargs)
+        for old in (old for old, new in RENAMED.items() if new == f.name):  # the old flag still works, unlisted
+            group.add_argument(flag(old), help=argparse.SUPPRESS, **kwargs)
 
 
 def check_option_names(names, where: str, hint: str | None = None) -> None:
     """Reject a name that is no option of any method (RunConfig's fields and every method's options
     dataclass), with the closest valid name."""
-    from .config import HF_NAMES, RunConfig, check_known_keys, field_names
+    from .config import HF_NAMES, RENAMED, RunConfig, check_known_keys, field_names
     from .methods import METHODS
 
-    names = [HF_NAMES.get(name, name) for name in names]  # TrainingArguments names are accepted
+    names = [HF_NAMES.get(name) or RENAMED.get(name) or name for name in names]  # TrainingArguments and old names are accepted
     all_option_keys = sorted({k for cls in METHODS.values() for k in field_names(cls.options_class)})
     check_known_keys(names, field_names(RunConfig) + all_option_keys, where, hint)
 
@@ -50,10 +52,10 @@ def resolve_options(values: dict[str, Any], python: bool = False):
     the one place where `finetune`'s flags and config file, and blo_mixup.fit's keyword arguments, become a
     run. An option of another method than the chosen one is refused, naming its method. python: name
     options as Python keywords (lr=...) in messages instead of flags (--lr)."""
-    from .config import RunConfig, build_dataclass, field_names, translate_hf_names, with_train_size
+    from .config import RunConfig, build_dataclass, field_names, translate_names, with_train_size
     from .methods import METHODS, get_method
 
-    values = translate_hf_names(values, "the options")
+    values = translate_names(values, "the options")
     method_name = values.get("method", RunConfig.method)
     method_cls = get_method(method_name)
     run_keys, method_keys = field_names(RunConfig), field_names(method_cls.options_class)

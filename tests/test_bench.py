@@ -15,7 +15,7 @@ def builder(monkeypatch):
         def build(*args, **kwargs):  # blo cases come with name=, shared-loop ones name first
             name = kwargs.get("name") or (args[0] if kind == "shared" else "mixup-step")
             asked = (args[0].name, args[0].unroll_steps) if kind == "blo" else None  # its HypergradientSettings
-            return bench.Case(name, None, None, note=(kind, asked, kwargs.get("outer_lr"), kwargs.get("phase_epochs")))
+            return bench.Case(name, None, None, note=(kind, asked, kwargs.get("upper_lr"), kwargs.get("phase_epochs")))
         return build
 
     monkeypatch.setattr(bench, "shared_loop_case", record("shared"))

@@ -28,7 +28,7 @@ def make_method(run, **options):
 @pytest.mark.parametrize("hypergradient", ["darts", "darts-plain", "neumann", "cg", "sama"])
 def test_phase1_and_phase2_per_hypergradient(hypergradient, glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
     run = make_run(glue_dir, tiny_bert_dir, tmp_path / "run")
-    method = make_method(run, hypergradient=hypergradient, outer_lr=0.05)
+    method = make_method(run, hypergradient=hypergradient, upper_lr=0.05)
     (tmp_path / "run").mkdir()
     model, ctx = build_context(run, method, tmp_path / "run")
     pretrained = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -122,7 +122,7 @@ def test_bad_options_are_user_errors(options, words, tmp_path):
 
 
 def test_fast_preset_defaults_and_overrides(glue_dir, tiny_bert_dir, tmp_path):
-    """blo-mixup-fast: blo-mixup with unroll 5, outer lr 1e-2, 1 epoch of phase 2; flags still override."""
+    """blo-mixup-fast: blo-mixup with unroll 5, upper lr 1e-2, 1 epoch of phase 2; flags still override."""
     import json
 
     from blo_mixup.cli import main
@@ -130,8 +130,8 @@ def test_fast_preset_defaults_and_overrides(glue_dir, tiny_bert_dir, tmp_path):
 
     fast, paper = get_method("blo-mixup-fast").options_class(), get_method("blo-mixup").options_class()
     changed = {k for k, v in dataclasses.asdict(fast).items() if dataclasses.asdict(paper)[k] != v}
-    assert changed == {"unroll_steps", "outer_lr", "phase2_epochs"}
-    assert (fast.unroll_steps, fast.outer_lr, fast.phase2_epochs) == (5, 1e-2, 1.0)
+    assert changed == {"unroll_steps", "upper_lr", "phase2_epochs"}
+    assert (fast.unroll_steps, fast.upper_lr, fast.phase2_epochs) == (5, 1e-2, 1.0)
     out = tmp_path / "run"
     assert main(["finetune", "--task", "rte", "--data-dir", str(glue_dir), "--model", str(tiny_bert_dir), "--train-size", "40",
                  "--epochs", "2", "--batch-size", "8", "--max-length", "32", "--method", "blo-mixup-fast",

@@ -177,7 +177,7 @@ def test_method_variants_parse_and_name_their_rows():
 
     variants = method_variants("vanilla, blo-mixup+unroll_steps=5+outer-lr=1e+2,blo-mixup")
     assert variants == {"vanilla": ("vanilla", {}),
-                        "blo-mixup+unroll-steps=5+outer-lr=1e+2": ("blo-mixup", {"unroll_steps": "5", "outer_lr": "1e+2"}),
+                        "blo-mixup+unroll-steps=5+outer-lr=1e+2": ("blo-mixup", {"unroll_steps": "5", "upper_lr": "1e+2"}),
                         "blo-mixup": ("blo-mixup", {})}
 
 

@@ -280,7 +280,7 @@ def test_phase1_and_phase2_move_all_three_levels(glue_dir, tiny_bert_dir, tmp_pa
     run = RunConfig(task="rte", data_dir=str(glue_dir), model=str(tiny_bert_dir), train_size=10, epochs=1,
                     batch_size=4, max_length=32, output_dir=str(tmp_path / "run"), lr=1e-3)
     cls = get_method("blo-mixup")
-    method = cls(cls.options_class(levels=3, outer_lr=0.05, data_weight_lr=0.05), run)
+    method = cls(cls.options_class(levels=3, upper_lr=0.05, data_weight_lr=0.05), run)
     (tmp_path / "run").mkdir()
     model, ctx = build_context(run, method, tmp_path / "run")
     model = method.prepare_model(model, ctx)

@@ -62,7 +62,8 @@ def test_unknown_hypergradient_in_config_file(name, words, glue_dir, tiny_bert_d
 @pytest.mark.parametrize("flag, value, words", [
     ("--split-ratio", "0", ["--split-ratio", "strictly between 0 and 1", "0.0"]),
     ("--split-ratio", "1.5", ["--split-ratio", "strictly between 0 and 1", "1.5"]),
-    ("--outer-lr", "-1", ["--outer-lr must be positive", "-1"]),
+    ("--upper-lr", "-1", ["--upper-lr must be positive", "-1"]),
+    ("--outer-lr", "-1", ["--upper-lr must be positive", "-1"]),  # the old name of --upper-lr still works
     ("--epochs", "0", ["--epochs must be positive", "got 0"]),
     ("--batch-size", "0", ["--batch-size must be positive", "got 0"]),
     ("--unroll-steps", "0", ["--unroll-steps must be positive", "got 0"]),

@@ -29,8 +29,8 @@ class BloMixupOptions:
     mixup_constraint: str = field(default="clamp", metadata={"help": "keep A in [0,1] by clamp (projection) or sigmoid", "choices": ("clamp", "sigmoid")})
     mixup_init_std: float = field(default=0.0, metadata={"help": "std of Gaussian noise on the initial attention factors, then clamped (the official code: 0.005)"})
     split_ratio: float = field(default=0.8, metadata={"help": "fraction of the subsample in D1 (the rest is D2)", "above": 0, "below": 1})
-    outer_lr: float = field(default=2e-3, metadata={"help": "upper-level (attention) learning rate", "above": 0})
-    inner_clip: float = field(default=5.0, metadata={"help": "lower-level gradient clipping in phase 1", "min": 0})
+    upper_lr: float = field(default=2e-3, metadata={"help": "upper-level (attention) learning rate; formerly --outer-lr", "above": 0})
+    lower_clip: float = field(default=5.0, metadata={"help": "lower-level (task weights) gradient clipping in phase 1; formerly --inner-clip", "min": 0})
     phase1_epochs: float | None = field(default=None, metadata={"help": "BLO epochs over D1 (default: --epochs)", "above": 0})
     phase2_epochs: float | None = field(default=None, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (default: --epochs; 0 skips phase 2)", "min": 0})
     phase2_lr: float | None = field(default=None, metadata={"help": "phase-2 learning rate (default: --lr)", "above": 0})
@@ -103,8 +103,8 @@ class BloMixup(Method):
         o, run = self.options, ctx.run
         settings = BLOSettings(
             hypergradient=self.hypergradient, epochs=o.phase1_epochs or run.epochs, lower_lr=ctx.lr,
-            lower_weight_decay=run.weight_decay, lower_warmup_ratio=run.warmup_ratio, lower_clip=o.inner_clip,
-            upper_lr=o.outer_lr, levels=o.levels, add_levels=o.add_levels, level_options=o.level_options,
+            lower_weight_decay=run.weight_decay, lower_warmup_ratio=run.warmup_ratio, lower_clip=o.lower_clip,
+            upper_lr=o.upper_lr, levels=o.levels, add_levels=o.add_levels, level_options=o.level_options,
             data_weight_lr=o.data_weight_lr, skip_nonfinite=run.skip_nonfinite)
         model.to(ctx.device)
         self.mixup.to(ctx.device)
@@ -171,14 +171,14 @@ class BloMixup(Method):
 
     def bench_cases(self, bench):
         """`blo-mixup bench`: a phase-2 step, then one BLO iteration: blo-mixup's for each of bench's
-        --hypergradients x --unroll-steps, a preset's at its own hypergradient, unroll steps, outer lr and phases."""
+        --hypergradients x --unroll-steps, a preset's at its own hypergradient, unroll steps, upper lr and phases."""
         from .hypergradients import HypergradientSettings
 
         o = self.options
         if type(self) is BloMixup:
             return [bench.mixup_step(), *(bench.blo(HypergradientSettings.build(h, unroll_steps=u))
                                           for h in bench.hypergradients for u in bench.unroll_steps)]
-        return [bench.mixup_step(), bench.blo(self.hypergradient, name=self.name, outer_lr=o.outer_lr,
+        return [bench.mixup_step(), bench.blo(self.hypergradient, name=self.name, upper_lr=o.upper_lr,
                                               phase_epochs=(o.phase1_epochs, o.phase2_epochs))]
 
 
@@ -187,7 +187,7 @@ class BloMixupFastOptions(BloMixupOptions):
     """blo-mixup's options with the cheaper preset's defaults (docs/method.md, "The fast preset")."""
 
     unroll_steps: int = field(default=5, metadata={"help": "lower steps per upper step", "above": 0})
-    outer_lr: float = field(default=1e-2, metadata={"help": "upper-level (attention) learning rate", "above": 0})
+    upper_lr: float = field(default=1e-2, metadata={"help": "upper-level (attention) learning rate; formerly --outer-lr", "above": 0})
     phase2_epochs: float | None = field(default=1.0, metadata={"help": "phase-2 epochs over the whole subsample, A fixed (0 skips phase 2)", "min": 0})
 
 
@@ -195,7 +195,7 @@ class BloMixupFastOptions(BloMixupOptions):
 class BloMixupFast(BloMixup):
     """The core method under 2x the cost of plain fine-tuning.
 
-    One upper step per 5 lower steps instead of per step, with a 5x outer learning rate so that the
+    One upper step per 5 lower steps instead of per step, with a 5x upper learning rate so that the
     attention moves as far over phase 1 as at the paper's defaults (Adam moves a parameter by about
     the learning rate per step); phase 1 as long as plain fine-tuning, then 1 epoch of phase 2.
     Estimated cost: 0.8 x (1.06 + 3/5) + 1/3 x 1.06 = 1.68x the plain run (docs/performance.md).
@@ -203,7 +203,7 @@ class BloMixupFast(BloMixup):
 
     name = "blo-mixup-fast"
     options_class = BloMixupFastOptions
-    summary = "blo-mixup's cheaper preset: 5 lower steps per upper step (outer lr x5), 1 epoch of phase 2; about 1.6x plain fine-tuning, but lost quality on STS-B (docs/method.md)"
+    summary = "blo-mixup's cheaper preset: 5 lower steps per upper step (upper lr x5), 1 epoch of phase 2; about 1.6x plain fine-tuning, but lost quality on STS-B (docs/method.md)"
 
 
 @dataclass
