@@ -32,7 +32,6 @@ from dataclasses import field
 import math
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -190,9 +189,9 @@ def _context(options, tokenizer, device):
     from .config import RunConfig
     from .training import RunContext
 
-    run = RunConfig(task="rte", batch_size=options.batch_size, max_length=options.max_length)
-    return RunContext(run=run, task=bench_task(options), tokenizer=tokenizer, train_raw=None, train=None, dev=None,
-                      device=device, output_dir=Path("."), lr=1e-4)
+    task = bench_task(options)
+    run = RunConfig(task=task.name, batch_size=options.batch_size, max_length=options.max_length)
+    return RunContext.create(run, task, tokenizer, device=device, lr=1e-4)
 
 
 def shared_loop_case(name: str, method, options, batches, device, eager: bool = False) -> Case:
@@ -391,22 +390,3 @@ def format_report(report: dict) -> str:
         lines += ["", f"Whole run, {whole['train_size']} examples x {whole['epochs']:g} epochs (estimated from the step times): "
                   f"vanilla {whole['vanilla_s']:.0f} s; " + "; ".join(f"{k} {v['seconds']:.0f} s = {v['ratio']:.2f}x" for k, v in runs)]
     return "\n".join(lines)
-
-
-def cmd_bench(args) -> int:
-    values = {k: v for k, v in vars(args).items() if k != "command"}
-    options = BenchOptions(**values)
-    report = run_bench(options)
-    print(format_report(report))
-    if options.json:
-        from .runs import write_json_atomic
-
-        write_json_atomic(options.json, report)
-    return 0
-
-
-def add_bench_parser(sub) -> None:
-    from .options import add_dataclass_flags
-
-    parser = sub.add_parser("bench", help="per-step time and peak memory of methods vs plain fine-tuning")
-    add_dataclass_flags(parser, BenchOptions)

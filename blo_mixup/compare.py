@@ -27,41 +27,17 @@ from .config import comma_list, seed_list, shard_of
 from .errors import UserError
 
 
-def add_compare_parser(sub) -> None:
-    from .options import add_dataclass_flags
-    from .config import RunConfig
-    from .methods import METHODS
-
-    parser = sub.add_parser("compare", help="run methods x seeds x tasks; write results.csv, summary.md, summary.png")
-    parser.add_argument("--tasks", help="comma-separated GLUE tasks, e.g. rte,mrpc; or your own data instead: --train-file or --dataset")
-    parser.add_argument("--methods", required=True,
-                        help="comma-separated methods, e.g. vanilla,blo-mixup; a variant sets options for its runs only: blo-mixup+unroll-steps=5")
-    parser.add_argument("--seeds", default="1-5", help="seeds: a list or a range, like 1,2,3 or 1-5 (default: 1-5)")
-    parser.add_argument("--output-dir", required=True, help="folder for the runs and the summary")
-    parser.add_argument("--paired-against", help="comma-separated rows of --methods to pair every other row against "
-                        "on the same seeds, one table each, e.g. vanilla,vanilla-matched (default: the first method)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: write results.csv, summary.md and summary.png from the runs finished so far")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="run the plan with N local processes, each on its own share of the CPU cores (and one GPU "
-                        "each when there are N); their logs go to OUTPUT_DIR/workers/ (default: 1, this process)")
-    parser.add_argument("--shard", default="1/1",
-                        help="K/N: run the K-th of N parts of the plan (runs K, K+N, ...), for N jobs that share the "
-                        "output folder, e.g. a Slurm array: --shard $SLURM_ARRAY_TASK_ID/N (default: 1/1, all of it)")
-    parser.add_argument("--claim-timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds without a heartbeat after which a run claimed by another process on another "
-                        f"machine is taken over and resumed (on this machine: as soon as that process is gone) (default: {DEFAULT_TIMEOUT_S:g})")
-    parser.add_argument("--config", help="JSON or YAML file of options shared by all runs")
-    shared = [f for f in dataclasses.fields(RunConfig) if f.name not in ("task", "method", "seed", "output_dir", "overwrite", "resume")]
-    SharedOptions = dataclasses.make_dataclass("SharedOptions", [(f.name, f.type, f) for f in shared])
-    add_dataclass_flags(parser.add_argument_group("run options (all runs)"), SharedOptions)
-    seen: set[str] = set()
-    for name, cls in sorted(METHODS.items()):
-        if dataclasses.fields(cls.options_class):
-            add_dataclass_flags(parser.add_argument_group(f"method {name} (its runs only)"), cls.options_class, seen)
-
-
-def cmd_compare(args) -> int:
+def run_compare(*, methods: str, output_dir: str | Path, tasks: str | None = None, seeds: str = "1-5",
+                paired_against: str | None = None, report_only: bool = False, workers: int = 1, shard: str = "1/1",
+                claim_timeout: float = DEFAULT_TIMEOUT_S, config: str | None = None, worker_index: int | None = None,
+                **options) -> None:
+    """Run the plan (tasks x methods x seeds) and write results.csv, summary.md and summary.png; the
+    `compare` command's options as keywords (methods "vanilla,blo-mixup", seeds "1-5", ...); options: the
+    shared run options and the methods' own (lr=..., unroll_steps=...), for every run. worker_index: set in
+    the processes of workers > 1, which run and leave the report to their parent."""
+    # what each worker process runs: this call, as given (its own shard of the plan included)
+    same_call = dict(methods=methods, output_dir=str(output_dir), tasks=tasks, seeds=seeds, paired_against=paired_against,
+                     shard=shard, claim_timeout=claim_timeout, config=config, **options)
     from .options import resolve_options
     from .config import RunConfig, check_data_options, field_names, read_config_file
     from .data import get_task
@@ -71,21 +47,21 @@ def cmd_compare(args) -> int:
     from .runs import write_text_atomic
     from .workers import run_workers
 
-    glue = args.tasks is not None  # else your own data (--train-file or --dataset): one "task"
-    tasks = [get_task(t).name for t in comma_list(args.tasks, "tasks")] if glue else [None]
-    variants = method_variants(args.methods)  # row label -> (method, its own option values)
+    glue = tasks is not None  # else your own data (--train-file or --dataset): one "task"
+    tasks = [get_task(t).name for t in comma_list(tasks, "tasks")] if glue else [None]
+    variants = method_variants(methods)  # row label -> (method, its own option values)
     methods = list(variants)  # the rows, by label
-    seeds = seed_list(args.seeds)
-    output_dir = Path(args.output_dir)
-    baselines = comma_list(args.paired_against, "paired-against") if args.paired_against else methods[:1]
+    seeds = seed_list(seeds)
+    output_dir = Path(output_dir)
+    baselines = comma_list(paired_against, "paired-against") if paired_against else methods[:1]
     for baseline in baselines:
         if baseline not in variants:
             raise UserError(f"--paired-against {baseline} is not a row of --methods ({', '.join(methods)}); name one of them")
-    shared = {k: v for k, v in vars(args).items() if k not in COMPARE_ONLY}
-    shard = shard_of(args.shard)
-    if args.workers < 1 or args.claim_timeout <= 0:
+    shared = options
+    shard = shard_of(shard)
+    if workers < 1 or claim_timeout <= 0:
         raise UserError("--workers must be at least 1 and --claim-timeout positive")
-    file_values = read_config_file(args.config) if args.config else {}
+    file_values = read_config_file(config) if config else {}
 
     def resolve(task, label, seed, run_dir):
         method, own_values = variants[label]
@@ -106,21 +82,21 @@ def cmd_compare(args) -> int:
         tasks = [data.task.name]
     output_dir.mkdir(parents=True, exist_ok=True)
     plan = [(t, m, s) for t in tasks for m in methods for s in seeds]
-    mine = plan if args.report_only else plan[shard[0] - 1::shard[1]]
+    mine = plan if report_only else plan[shard[0] - 1::shard[1]]
     runs = {key: resolve(key[0] if glue else None, key[1], key[2], run_folder(output_dir, *key)) for key in mine}
     refuse_other_options(runs)  # before anything runs or is reported
-    if not args.report_only:
-        if args.workers > 1 and not getattr(args, "worker_index", None):
-            failed = run_workers(cmd_compare, args, mine, output_dir, _finished_lookup(output_dir))
+    if not report_only:
+        if workers > 1 and not worker_index:
+            failed = run_workers(run_compare, same_call, workers, mine, output_dir, _finished_lookup(output_dir))
         else:
-            run_plan(runs, output_dir, args.claim_timeout)
+            run_plan(runs, output_dir, claim_timeout)
             failed = []
-        if getattr(args, "worker_index", None):
-            return 0  # the parent writes the report
+        if worker_index:
+            return  # the parent writes the report
 
     finished = finished_rows(output_dir)
     results = [finished[key] for key in plan if key in finished]
-    if args.report_only:
+    if report_only:
         for i, key in enumerate(plan, 1):
             state = f"done earlier, main score {finished[key]['main_score']:.4f}" if key in finished else "not run yet"
             print(f"[{i}/{len(plan)}] {key[0]} {key[1]} seed {key[2]}: {state}", flush=True)
@@ -147,15 +123,10 @@ def cmd_compare(args) -> int:
     print(table)
     print(f"wrote {output_dir / 'results.csv'}, {output_dir / 'summary.md'}, {output_dir / 'summary.png'}")
     left = sum(key not in finished for key in mine)
-    if not args.report_only and failed and left:
+    if not report_only and failed and left:
         raise UserError("; ".join(failed) + f"; {left} run(s) of the plan not finished: run the same command again to finish them")
-    for line in [] if args.report_only else failed:
+    for line in [] if report_only else failed:
         print(f"{line} (its runs were finished by the others)", flush=True)
-    return 0
-
-
-COMPARE_ONLY = ("command", "tasks", "methods", "seeds", "output_dir", "config", "report_only", "paired_against", "workers",
-                "shard", "claim_timeout", "worker_index")
 
 
 def run_folder(output_dir: Path, task: str, label: str, seed: int) -> Path:

@@ -52,7 +52,6 @@ class CurveRun:
 
 def run_curve(spec: CurveRun, data_dir: str | None, device: str | None = None) -> dict:
     """Train as `spec` says and return the held-out metrics after every epoch (and the constant reference)."""
-    import torch
     from transformers import set_seed
 
     from .config import RunConfig
@@ -72,10 +71,7 @@ def run_curve(spec: CurveRun, data_dir: str | None, device: str | None = None) -
         model = mean_pooling_head(model)
     run = RunConfig(task=task.name, model=spec.model, train_size=spec.train_size, seed=spec.seed, epochs=spec.epochs,
                     batch_size=spec.batch_size, max_length=spec.max_length, lr=spec.lr, warmup_ratio=spec.warmup_ratio)
-    ctx = RunContext(run=run, task=task, tokenizer=tokenizer, train_raw=train_raw, train=None, dev=None,
-                     device=torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")),
-                     output_dir=Path("."), lr=spec.lr)
-    ctx.train, ctx.dev = ctx.tokenize(train_raw), ctx.tokenize(heldout_raw)
+    ctx = RunContext.create(run, task, tokenizer, train_rows=train_raw, evaluation_rows=heldout_raw, device=device, lr=spec.lr)
 
     # The constant reference: the training subsample's majority class (its mean score for regression).
     labels = train_raw["label"]
@@ -258,43 +254,30 @@ def _numbers(text: str, kind: str, cast):
     return values
 
 
-def add_curves_parser(sub) -> None:
-    parser = sub.add_parser("curves", help="learning curves of plain fine-tuning on held-out training data (choose a protocol)")
-    parser.add_argument("--tasks", required=True, help="comma-separated GLUE tasks, e.g. sst2,stsb")
-    parser.add_argument("--train-sizes", default="300", help="training examples per seed, e.g. 300,1000 (default: 300)")
-    parser.add_argument("--seeds", default="1-5", help="a list or a range, like 1,2,3 or 1-5 (default: 1-5)")
-    parser.add_argument("--heads", default="cls", help="cls (pooler over [CLS], the model's own), mean (mean pooling), or both: cls,mean")
-    parser.add_argument("--lrs", default="1e-4", help="learning rates, e.g. 1e-4,3e-4 (default: 1e-4)")
-    parser.add_argument("--warmup-ratios", default="0.1", help="fractions of linear warmup, e.g. 0.06,0.1 (default: 0.1)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of each run; held-out evaluation after each (default: 10)")
-    parser.add_argument("--heldout-size", type=int, default=500, help="held-out training examples per seed (default: 500)")
-    parser.add_argument("--model", default="minilm", help="model name or path (default: minilm)")
-    parser.add_argument("--data-dir", help="local GLUE folder; default: the SST-2 shipped with the package, the hub for other tasks")
-    parser.add_argument("--output-dir", required=True, help="folder for the runs, curves.csv, curves.md and curves.png")
-    parser.add_argument("--shard", default="1/1", help="K/N: run every N-th grid point from the K-th, for N processes side by side")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; write the report from the finished runs")
-
-
-def cmd_curves(args) -> int:
+def run_curves(*, tasks: str, output_dir: str | Path, train_sizes: str = "300", seeds: str = "1-5", heads: str = "cls",
+               lrs: str = "1e-4", warmup_ratios: str = "0.1", epochs: int = 10, heldout_size: int = 500,
+               model: str = "minilm", data_dir: str | None = None, shard: str = "1/1", report_only: bool = False) -> None:
+    """Run the grid's learning curves that are not finished (this shard's part of it), then write curves.csv,
+    curves.md and curves.png from every finished one; the `curves` command's options as keywords."""
     from .config import comma_list, seed_list, shard_of
     from .data import get_task
     from .runs import write_json_atomic
 
-    tasks = [get_task(t).name for t in comma_list(args.tasks, "tasks")]
-    heads = comma_list(args.heads, "heads")
+    tasks = [get_task(t).name for t in comma_list(tasks, "tasks")]
+    heads = comma_list(heads, "heads")
     for head in heads:
         if head not in HEADS:
             raise UserError(f"unknown head '{head}' in --heads; choose cls or mean")
-    if args.epochs < 1 or args.heldout_size < 1:
+    if epochs < 1 or heldout_size < 1:
         raise UserError("--epochs and --heldout-size must be at least 1")
-    shard, shards = shard_of(args.shard)
-    root = Path(args.output_dir)
-    grid = [CurveRun(task, size, head, lr, warmup, args.epochs, seed, args.heldout_size, args.model)
+    shard, shards = shard_of(shard)
+    root = Path(output_dir)
+    grid = [CurveRun(task, size, head, lr, warmup, epochs, seed, heldout_size, model)
             for size, head, lr, warmup, seed, task in itertools.product(
-                _numbers(args.train_sizes, "train-sizes", int), heads, _numbers(args.lrs, "lrs", float),
-                _numbers(args.warmup_ratios, "warmup-ratios", float), seed_list(args.seeds), tasks)]
+                _numbers(train_sizes, "train-sizes", int), heads, _numbers(lrs, "lrs", float),
+                _numbers(warmup_ratios, "warmup-ratios", float), seed_list(seeds), tasks)]
     mine = grid[shard - 1::shards]
-    if not args.report_only:
+    if not report_only:
         done = {CurveRun(**c["spec"]) for c in read_curves(root)}
         for i, spec in enumerate(mine, 1):
             path = spec.path(root)
@@ -303,11 +286,10 @@ def cmd_curves(args) -> int:
                 print(f"{label}: done earlier", flush=True)
                 continue
             print(f"{label}: running", flush=True)
-            result = run_curve(spec, args.data_dir)
+            result = run_curve(spec, data_dir)
             write_json_atomic(path, result)
             scores = " ".join(f"{100 * p['main_score']:.1f}" for p in result["curve"])
             print(f"{label}: held-out {result['main_metric']} by epoch {scores} (constant {100 * result['constant_score']:.1f}); "
                   f"{result['train_time_s']:.0f} s", flush=True)
     print(write_report(root))
     print(f"wrote {root / 'curves.csv'}, {root / 'curves.md'}, {root / 'curves.png'}")
-    return 0

@@ -18,7 +18,6 @@ from .distributed import is_main_process
 from .errors import UserError
 from .logs import RunLog, logging_to
 from .metrics import constant_prediction_score
-from .models import pick_device
 from .runs import LOGS, MODEL_DIR, RESULTS, prepare_output_dir, save_pretrained_atomic, write_json_atomic
 from .training import NonFiniteError, RunContext, model_outputs
 
@@ -47,10 +46,8 @@ def build_context(run: RunConfig, method, output_dir: Path, data=None):
     set_seed(run.seed)  # the new task head's initialisation depends on the seed only
     model, tokenizer = load_model_and_tokenizer(run.model, task, **method.model_kwargs())
     lr = run.lr if run.lr is not None else small_model_lr(count_parameters(model))
-    ctx = RunContext(run=run, task=task, tokenizer=tokenizer, train_raw=train_raw, train=None, dev=None,
-                     device=pick_device(run.device), output_dir=output_dir, lr=lr)
-    ctx.train = ctx.tokenize(train_raw)
-    ctx.dev = ctx.tokenize(data.evaluation)
+    ctx = RunContext.create(run, task, tokenizer, train_rows=train_raw, evaluation_rows=data.evaluation,
+                            device=run.device, output_dir=output_dir, lr=lr)
     return model, ctx
 
 

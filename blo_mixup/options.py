@@ -1,39 +1,14 @@
-"""Options: dataclass fields become flags, and option values (flags, a config file, fit()'s keywords)
-become a run: (config.RunConfig, a Method instance). Plain values in, no argparse Namespace, so the
-commands (cli.py, compare.py, bench.py) and blo_mixup.fit share it without importing each other.
+"""Option values (flags, a config file, fit()'s keywords) become a run: (config.RunConfig, a Method
+instance). Plain values in, no argparse, so the commands (blo_mixup/commands/), compare and
+blo_mixup.fit share it without importing each other.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from typing import Any
 
-from .config import RENAMED, flag
+from .config import flag
 from .errors import UserError
-
-
-def add_dataclass_flags(group, cls, seen: set[str] | None = None) -> None:
-    """One flag per dataclass field; help and type come from the field. Defaults stay in the dataclass."""
-    seen = set() if seen is None else seen
-    for f in dataclasses.fields(cls):
-        if f.name in seen:
-            continue
-        seen.add(f.name)
-        help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        type_name = str(f.type)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        if type_name.startswith("bool"):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = int if type_name.startswith("int") else float if type_name.startswith("float") else str
-            kwargs["metavar"] = f.name.upper()
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(flag(f.name), help=f"{help_text} (default: {default})", **kwargs)
-        for old in (old for old, new in RENAMED.items() if new == f.name):  # the old flag still works, unlisted
-            group.add_argument(flag(old), help=argparse.SUPPRESS, **kwargs)
 
 
 def check_option_names(names, where: str, hint: str | None = None) -> None:

@@ -1,5 +1,5 @@
-"""`blo-mixup predict`: a fine-tuned model's predictions for the rows of a data file; and the prediction
-columns that `finetune` writes for its evaluation set (predictions.csv).
+"""A fine-tuned model's predictions for the rows of a data file (the `predict` command's work), and the
+prediction columns that `finetune` writes for its evaluation set (predictions.csv).
 
 Classification: `prediction` is a label of the model's own set (config.id2label, the user's labels)
 and `prob_<label>` the softmax probability of each label; regression: `prediction` is the score.
@@ -91,7 +91,6 @@ def predict_file(model_path: str | Path, file: str | Path, output: str | Path, *
 
     from .config import RunConfig, check_positive
     from .datafiles import check_columns, make_dataset, read_table, read_texts
-    from .models import pick_device
     from .training import RunContext, model_outputs
 
     output = Path(output)
@@ -119,30 +118,10 @@ def predict_file(model_path: str | Path, file: str | Path, output: str | Path, *
                         f"pass a run folder or a model folder written by save_pretrained") from None
     max_length = max_length or results.get("config", {}).get("max_length") or RunConfig.max_length
     run = RunConfig(eval_batch_size=batch_size, max_length=max_length)
-    ctx = RunContext(run=run, task=task, tokenizer=tokenizer, train_raw=None, train=None, dev=None,
-                     device=pick_device(device), output_dir=output.parent, lr=0.0)
+    ctx = RunContext.create(run, task, tokenizer, device=device, output_dir=output.parent)
     outputs, _ = model_outputs(model, ctx, ctx.tokenize(rows), desc="predict")
     frame = table.to_pandas()
     for name, values in prediction_columns(task, outputs).items():
         frame[name] = values
     write_table(frame, output)
     return len(frame)
-
-
-def add_predict_parser(sub) -> None:
-    parser = sub.add_parser("predict", help="predict the rows of a data file with a fine-tuned model")
-    parser.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="a run folder of `blo-mixup finetune`, or a model folder")
-    parser.add_argument("--file", required=True, help="the rows to predict: a .csv, .tsv, .json, .jsonl or .parquet file (labels not needed)")
-    parser.add_argument("--text-columns", help="the text column(s) of --file, like text or premise,hypothesis (default: the run's)")
-    parser.add_argument("--output", required=True, help="where to write the rows with their predictions: .csv, .tsv or .jsonl")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per batch (default: 64)")
-    parser.add_argument("--max-length", type=int, help="maximum tokens per row (default: the run's, else 128)")
-    parser.add_argument("--device", help="torch device; default CUDA when present, else CPU")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-
-
-def cmd_predict(args) -> int:
-    count = predict_file(args.model, args.file, args.output, text_columns=args.text_columns, batch_size=args.batch_size,
-                         max_length=args.max_length, device=args.device, overwrite=args.overwrite)
-    print(f"wrote {count} rows with their predictions to {args.output}")
-    return 0

@@ -36,6 +36,21 @@ class RunContext:
     checkpoints: Any = None  # checkpoint.Checkpointer, or None: save nothing
     processes: Any = None  # distributed.Processes with --strategy distributed, else None
 
+    @classmethod
+    def create(cls, run, task, tokenizer, *, train_rows=None, evaluation_rows=None, device=None, output_dir=".",
+               lr: float = 0.0) -> "RunContext":
+        """The one way a run's context is made (finetune and fit, curves, bench, predict): the device by name
+        or torch.device (default: CUDA when present, else the CPU), the rows given tokenized as the run's."""
+        from .models import pick_device
+
+        ctx = cls(run=run, task=task, tokenizer=tokenizer, train_raw=train_rows, train=None, dev=None,
+                  device=pick_device(device), output_dir=Path(output_dir), lr=lr)
+        if train_rows is not None:
+            ctx.train = ctx.tokenize(train_rows)
+        if evaluation_rows is not None:
+            ctx.dev = ctx.tokenize(evaluation_rows)
+        return ctx
+
     def tokenize(self, dataset):
         from .data import tokenize
 

@@ -44,9 +44,9 @@ def gpu_count() -> int:
         return 0
 
 
-def run_workers(command, args, plan: list[tuple[str, str, int]], output_dir: Path, finished) -> list[str]:
-    """Run `plan` with args.workers processes, each running command(args) (compare's, with args.worker_index
-    set); print each finished run as it lands. finished(key) -> (main score, run time in s) of a finished
+def run_workers(target, values: dict, workers: int, plan: list[tuple[str, str, int]], output_dir: Path, finished) -> list[str]:
+    """Run `plan` with `workers` processes, each calling target(**values, worker_index=i) (compare.run_compare,
+    which walks the plan and claims each run); print each finished run as it lands. finished(key) -> (main score, run time in s) of a finished
     run, or None. Returns a line per worker that failed (empty when all went well)."""
     import multiprocessing
 
@@ -55,7 +55,7 @@ def run_workers(command, args, plan: list[tuple[str, str, int]], output_dir: Pat
     gpus = gpu_count()
     # the GPUs this process sees, by the ids the driver knows them by (CUDA_VISIBLE_DEVICES may already narrow them)
     gpu_ids = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",") if g][:gpus]
-    shares = cpu_shares(args.workers)
+    shares = cpu_shares(workers)
     context = multiprocessing.get_context("spawn")  # fresh interpreters, started with the environment set below
     processes = []
     for index, cores in enumerate(shares, 1):
@@ -63,7 +63,7 @@ def run_workers(command, args, plan: list[tuple[str, str, int]], output_dir: Pat
         if gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = gpu_ids[(index - 1) % len(gpu_ids)]
         log = logs / f"worker-{index}.log"
-        process = context.Process(target=_worker, args=(command, args, index, cores, str(log)), name=f"worker-{index}")
+        process = context.Process(target=_worker, args=(target, values, index, cores, str(log)), name=f"worker-{index}")
         saved = {name: os.environ.get(name) for name in env}
         os.environ.update(env)  # the new interpreter starts with them, before it imports torch
         try:
@@ -106,7 +106,7 @@ def run_workers(command, args, plan: list[tuple[str, str, int]], output_dir: Pat
             for i, (p, log) in enumerate(processes, 1) if p.exitcode != 0]
 
 
-def _worker(command, args, index: int, cores: list[int], log: str) -> None:
+def _worker(target, values: dict, index: int, cores: list[int], log: str) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     with open(log, "a", buffering=1) as out:
@@ -114,8 +114,7 @@ def _worker(command, args, index: int, cores: list[int], log: str) -> None:
         import torch
 
         torch.set_num_threads(len(cores))
-        args.worker_index = index
-        code = run_command(command, args)
+        code = run_command(lambda worker_index: target(**values, worker_index=worker_index) or 0, index)
     sys.exit(code)
 
 

@@ -193,13 +193,10 @@ class BloMixupFastOptions(BloMixupOptions):
 
 @register
 class BloMixupFast(BloMixup):
-    """The core method under 2x the cost of plain fine-tuning.
-
-    One upper step per 5 lower steps instead of per step, with a 5x upper learning rate so that the
-    attention moves as far over phase 1 as at the paper's defaults (Adam moves a parameter by about
-    the learning rate per step); phase 1 as long as plain fine-tuning, then 1 epoch of phase 2.
-    Estimated cost: 0.8 x (1.06 + 3/5) + 1/3 x 1.06 = 1.68x the plain run (docs/performance.md).
-    """
+    """The core method at a lower cost: one upper step per 5 lower steps instead of per step, with a 5x
+    upper learning rate so that the attention moves as far over phase 1 as at the paper's defaults (Adam
+    moves a parameter by about the learning rate per step); phase 1 as long as plain fine-tuning, then 1
+    epoch of phase 2. Its cost and quality are measured in docs/performance.md and docs/method.md."""
 
     name = "blo-mixup-fast"
     options_class = BloMixupFastOptions
