@@ -25,7 +25,7 @@ def make_method(run, **options):
     return cls(cls.options_class(**options), run)
 
 
-@pytest.mark.parametrize("hypergradient", ["darts", "darts-plain", "neumann", "cg", "sama"])
+@pytest.mark.parametrize("hypergradient", ["darts", "darts-plain", "neumann", "cg", "sama", "nystrom", "direct-only"])
 def test_phase1_and_phase2_per_hypergradient(hypergradient, glue_dir, tiny_bert_dir, tmp_path, monkeypatch):
     run = make_run(glue_dir, tiny_bert_dir, tmp_path / "run")
     method = make_method(run, hypergradient=hypergradient, upper_lr=0.05)
@@ -67,6 +67,16 @@ def test_phase1_and_phase2_per_hypergradient(hypergradient, glue_dir, tiny_bert_
     assert stats["phase1"]["upper_steps"] >= 1 and stats["phase2"]["steps"] >= 1
     merged = method.finalize_model(model)
     assert not is_mixed(merged)
+
+
+def test_nystrom_takes_its_options_from_the_command_line():
+    from blo_mixup.cli import build_parser, resolve_finetune
+
+    args = build_parser().parse_args(["finetune", "--method", "blo-mixup", "--task", "rte", "--hypergradient", "nystrom",
+                                      "--hypergradient-options", "rank=10"])
+    _, method = resolve_finetune(args)
+    assert (method.hypergradient.name, dict(method.hypergradient.options)) == ("nystrom", {"rank": 10, "rho": 0.01, "seed": 1})
+    assert method.model_kwargs() == {"eager_attention": True}  # second order
 
 
 def test_cli_run_writes_attention_outputs_and_plain_model(glue_dir, tiny_bert_dir, tmp_path):

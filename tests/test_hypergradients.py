@@ -165,10 +165,13 @@ def quiet_betty():
 
 
 def test_methods_are_registered_in_betty_under_their_own_names():
-    assert hg.HYPERGRADIENTS == ("darts", "darts-plain", "neumann", "cg", "sama")
-    assert tuple(name for name, *_ in hg.BUILTINS) == hg.HYPERGRADIENTS  # one table
+    assert hg.HYPERGRADIENTS == ("darts", "darts-plain", "neumann", "cg", "sama", "nystrom", "direct-only")
+    assert tuple(name for name, *_ in hg.BUILTINS) == hg.HYPERGRADIENTS[:5]  # one table
+    # nystrom and direct-only are registered as a user's method is
+    assert not any(hg.get_hypergradient(name).builtin for name in ("nystrom", "direct-only"))
     for name in hg.HYPERGRADIENTS:
-        assert jvp_fn_mapping[hg.get_hypergradient(name).betty_type] is getattr(hg, name.replace("-", "_"))
+        record = hg.get_hypergradient(name)
+        assert record.fn is getattr(hg, name.replace("-", "_")) and jvp_fn_mapping[record.betty_type] is record.betty_fn
     assert jvp_fn_mapping["blo_darts"] is hg.darts and jvp_fn_mapping["blo_darts_plain"] is hg.darts_plain
     from betty.hypergradient.cg import cg as betty_cg
 
@@ -221,6 +224,49 @@ def test_cg_converges_to_the_exact_hypergradient_within_dim_steps():
     # conditioning matters far less to CG than to Neumann (which is at 0.1 after 50 iterations here)
     assert error_for(ILL_DATA, hg.hypergradient_config("cg", iterations=ILL["dim"])) < 1e-6
     assert error_for(ILL_DATA, hg.hypergradient_config("cg", iterations=20)) < 1e-12
+
+
+@pytest.mark.parametrize("data", [MID_DATA, ILL_DATA], ids=["mid", "ill"])
+def test_nystrom_at_full_rank_is_the_exact_hypergradient(data):
+    dim = len(data[4])
+    assert error_for(data, hg.hypergradient_config("nystrom", options={"rank": dim, "rho": 1e-7})) < 1e-6
+    # fewer rows than weights: an approximation, whose error the damping decides
+    assert error_for(data, hg.hypergradient_config("nystrom", options={"rank": dim // 2, "rho": 1.0})) > 1e-3
+
+
+def test_nystrom_inverse_hvp_follows_its_equation():
+    """(C^T W^+ C + rho I)^-1 v with C the chosen rows of the exact Hessian, at low rank."""
+    X1, y1, X2, y2, lam = MID_DATA
+    w, _, hessian = exact_solution(*MID_DATA)
+    _, upper, lower = build(MID_DATA, hg.hypergradient_config("nystrom"))
+    params, lower_grad = hg.implicit.lower_gradient_with_graph(lower)
+    v = [torch.randn(len(w), generator=torch.Generator().manual_seed(3), dtype=DTYPE)]
+    for rank, rho in ((2, 0.5), (4, 0.01)):
+        (x,) = hg.nystrom_inverse_hvp(v, lower_grad, params, rank, rho, torch.Generator().manual_seed(7))
+        rows = torch.randperm(len(w), generator=torch.Generator().manual_seed(7))[:rank]
+        c = hessian[rows]
+        approx = c.T @ torch.linalg.pinv(c[:, rows]) @ c
+        expected = torch.linalg.solve(approx + rho * torch.eye(len(w), dtype=DTYPE), v[0])
+        assert torch.allclose(x, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_nystrom_draws_rows_reproducibly_without_touching_the_run_s_random_stream():
+    _, upper, lower = build(MID_DATA, hg.hypergradient_config("nystrom", options={"rank": 2}))
+    torch.manual_seed(0)
+    first = hypergradient(upper, lower)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(hypergradient(upper, lower), first) and torch.equal(torch.rand(1), after)
+    rows = lambda seed: set(torch.randperm(MID["dim"], generator=torch.Generator().manual_seed(seed * 1_000_003))[:2].tolist())
+    other = next(seed for seed in range(2, 20) if rows(seed) != rows(1))
+    _, upper, lower = build(MID_DATA, hg.hypergradient_config("nystrom", options={"rank": 2, "seed": other}))
+    assert not torch.equal(hypergradient(upper, lower), first)  # another seed, other rows
+
+
+def test_direct_only_has_no_implicit_part():
+    _, upper, lower = build(MID_DATA, hg.hypergradient_config("direct-only"))
+    assert torch.equal(hypergradient(upper, lower), torch.zeros(MID["dim"], dtype=DTYPE))
+    assert hg.hypergradient_config("direct-only").first_order  # Betty's flag untouched: still the usual path
 
 
 def test_betty_cg_does_not_converge():

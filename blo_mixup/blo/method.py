@@ -16,7 +16,7 @@ from ..methods.base import Method, register
 
 @dataclass
 class BloMixupOptions:
-    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: a registered name (built in: darts, darts-plain, neumann, cg, sama; darts is the official code's preconditioned DARTS; your own: docs/hypergradients.md)"})  # checked in validate, with a suggestion
+    hypergradient: str = field(default="darts", metadata={"help": "upper-level hypergradient: a registered name (shipped: darts, darts-plain, neumann, cg, sama, nystrom, direct-only; darts is the official code's preconditioned DARTS; your own: docs/hypergradients.md)"})  # checked in validate, with a suggestion
     hypergradient_options: dict | str | None = field(default=None, metadata={"help": "the hypergradient's options as name=value,name=value (a mapping in config files and fit()), e.g. scale=2.0 for a registered one; the built-ins' are also --hypergradient-iterations/-alpha/-radius"})
     hypergradient_module: str | None = field(default=None, metadata={"help": "a Python file or module to import first, which registers hypergradients (blo_mixup.register_hypergradient)"})
     hypergradient_iterations: int | None = field(default=None, metadata={"help": "Neumann/CG iterations (default: the method's, see docs/hypergradients.md)"})

@@ -14,6 +14,8 @@ part to the upper parameters' ``.grad`` itself and returns None, as Betty's own 
     sama         P v (P = d(optimizer update)/d(gradient), exact)                  sama
     neumann      alpha sum_k (I - alpha H)^k v (truncated Neumann series)          implicit
     cg           H^-1 v by conjugate gradient (Betty 0.2.1's CG is wrong)          implicit
+    nystrom      (H_k + rho I)^-1 v, H_k from `rank` rows of H (Nystrom)            implicit
+    direct-only  nothing: no implicit part (a control)                              implicit
 
 The registry (registry.py) holds one record per method; the built-ins are the table below, registered
 as a user's method is (``register_hypergradient``). A run carries its method as HypergradientSettings,
@@ -25,7 +27,7 @@ import warnings
 import betty.hypergradient
 
 from .finite_difference import darts, darts_plain, darts_preconditioner
-from .implicit import cg, conjugate_gradient, neumann, neumann_inverse_hvp
+from .implicit import cg, conjugate_gradient, direct_only, neumann, neumann_inverse_hvp, nystrom, nystrom_inverse_hvp
 from .registry import (Hypergradient, HypergradientConfig, HypergradientSettings, _register, get_hypergradient,
                        hypergradient_config, hypergradient_names, import_hypergradient_module, needs_double_backward,
                        options_of, parse_options, register_hypergradient, unregister_hypergradient)
@@ -44,7 +46,13 @@ for _name, _fn, _options, _second_order, _betty_fields in BUILTINS:
     _register(_name, _fn, options=_options, second_order=_second_order, replace=False, betty_fields=_betty_fields, builtin=True)
 del _name, _fn, _options, _second_order, _betty_fields
 
-HYPERGRADIENTS = tuple(name for name, *_ in BUILTINS)  # the built-in names; hypergradient_names() has users' too
+# Shipped with the package and registered as a user's method is, through the public function: Nystrom
+# (Hataya and Yamada, AISTATS 2023), and the control without an implicit part.
+register_hypergradient("nystrom", nystrom, options={"rank": 5, "rho": 0.01, "seed": 1}, second_order=True)
+register_hypergradient("direct-only", direct_only)
+
+# the names shipped with the package; hypergradient_names() has users' too
+HYPERGRADIENTS = tuple(name for name, *_ in BUILTINS) + ("nystrom", "direct-only")
 
 
 def __getattr__(name):
@@ -69,5 +77,6 @@ __all__ = [
     "BUILTINS", "HYPERGRADIENTS", "Hypergradient", "HypergradientConfig", "HypergradientSettings", "hypergradient_config",
     "register_hypergradient", "unregister_hypergradient", "hypergradient_names", "get_hypergradient", "options_of",
     "parse_options", "import_hypergradient_module", "needs_double_backward", "prepare_sama", "darts", "darts_plain",
-    "darts_preconditioner", "sama", "neumann", "cg", "neumann_inverse_hvp", "conjugate_gradient", "UpdateDerivativeTracker",
+    "darts_preconditioner", "sama", "neumann", "cg", "nystrom", "direct_only", "neumann_inverse_hvp", "conjugate_gradient",
+    "nystrom_inverse_hvp", "UpdateDerivativeTracker",
 ]
