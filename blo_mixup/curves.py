@@ -187,6 +187,8 @@ def curves_plot(curves: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .runs import save_figure_atomic
+
     groups = _groups(curves)
     panels = sorted({(t, n) for t, n, _ in groups})
     columns = min(3, len(panels))
@@ -214,10 +216,8 @@ def curves_plot(curves: list[dict], path: Path) -> None:
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(root: Path) -> str:

@@ -8,7 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .runs import write_text_atomic
+from .runs import save_figure_atomic, write_text_atomic
 
 CSV_FIELDS = ["task", "method", "seed", "train_size", "weight_updates", "main_metric", "main_score", "constant_score",
               "train_time_s", "total_time_s", "attention_mean", "attention_min", "attention_mean_low", "attention_mean_high"]
@@ -249,10 +249,8 @@ def summary_plot(results: list[dict], tasks: list[str], methods: list[str], path
     if len({r["seed"] for r in results}) == 1:
         fig.suptitle("ONE seed: no spread known; differences of a few points are within seed-to-seed noise", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def attention_plot(stats: dict, path: Path) -> None:

@@ -68,6 +68,20 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         raise
 
 
+def save_figure_atomic(figure, path: str | Path, dpi: int) -> None:
+    """A matplotlib figure as PNG through a temporary file of this process's own and a rename, so that
+    processes rewriting one plot at once (compare --shard, --workers) never see or move each other's file."""
+    path = Path(path)
+    fd, tmp = temporary_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            figure.savefig(f, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     fd, tmp = temporary_beside(path)

@@ -173,3 +173,33 @@ def test_ctrl_c_stops_every_worker_and_keeps_what_finished(glue_dir, tiny_bert_d
     assert all(claims.is_stale(path, 600) for path in (out / "claims").rglob("*.json"))
     assert main(args) == 0
     assert table(out) == PLAN
+
+
+def test_processes_rewriting_one_plot_never_move_each_other_s_file(tmp_path):
+    """Each writer saves through a temporary file of its own (a shared name let one process rename the
+    other's file away mid-write: compare --shard failed so once in four runs)."""
+    import threading
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from blo_mixup.runs import save_figure_atomic
+
+    path, errors = tmp_path / "summary.png", []
+
+    def writer():
+        figure = plt.figure()
+        try:
+            for _ in range(15):
+                save_figure_atomic(figure, path, dpi=30)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and path.read_bytes().startswith(b"\x89PNG") and [p.name for p in tmp_path.iterdir()] == ["summary.png"]
