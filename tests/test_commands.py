@@ -26,7 +26,8 @@ def test_argparse_is_imported_only_by_the_commands_layer():
 
 def test_every_command_has_a_module_and_the_parser_lists_them_all():
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert list(sub.choices) == list(COMMANDS) == ["finetune", "export", "methods", "predict", "compare", "curves", "bench"]
+    assert list(sub.choices) == list(COMMANDS) == ["finetune", "export", "methods", "predict", "compare", "curves", "bench",
+                                                    "hypergradients"]
     for name, module in COMMANDS.items():
         assert module.NAME == name and callable(module.add_parser) and callable(module.run)
 

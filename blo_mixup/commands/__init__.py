@@ -9,11 +9,11 @@ exit code 2.
 from __future__ import annotations
 
 from ..errors import run_command
-from . import bench, compare, curves, export, finetune, methods, predict
+from . import bench, compare, curves, export, finetune, hypergradients, methods, predict
 from .parser import Parser
 
 # in the order `blo-mixup --help` lists them
-COMMANDS = {module.NAME: module for module in (finetune, export, methods, predict, compare, curves, bench)}
+COMMANDS = {module.NAME: module for module in (finetune, export, methods, predict, compare, curves, bench, hypergradients)}
 
 
 def build_parser() -> Parser:
