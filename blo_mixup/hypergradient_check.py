@@ -189,6 +189,15 @@ def write_report(rows: list[dict], folder: Path, options: CheckOptions) -> None:
     summary_plot(rows, folder / "hypergradients.png")
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a hypergradients.csv, typed as run_hypergradient_check returns them (so the table and
+    the plot rebuild from a committed CSV alone)."""
+    integers = ("step", "implicit_products")
+    with open(path, newline="") as f:
+        return [{k: (v if k in ("hypergradient", "reference") else None if v == "" else int(v) if k in integers else float(v))
+                 for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def _by_method(rows):
     methods = list(dict.fromkeys(r["hypergradient"] for r in rows))
     return methods, {(m, a): [r for r in rows if r["hypergradient"] == m and r["reference"] == a] for m in methods for a in REFERENCES}

@@ -64,3 +64,13 @@ def test_the_curves_report_rebuilds_from_curves_csv(tmp_path):
     assert main(argv) == 0
     assert (tmp_path / "curves.md").read_bytes() == (folder / "curves.md").read_bytes()
     assert (tmp_path / "curves.csv").read_bytes() == (folder / "curves.csv").read_bytes()
+
+
+@pytest.mark.parametrize("task", ["sst2", "stsb"])
+def test_the_hypergradient_accuracy_tables_rebuild_from_their_csv(task):
+    from blo_mixup.hypergradient_check import read_rows, summary_table
+
+    folder = RESULTS / "hypergradients-minilm" / task
+    rows = read_rows(folder / "hypergradients.csv")
+    assert {r["reference"] for r in rows} == {"unrolled", "implicit"} and len({r["step"] for r in rows}) == 4
+    assert summary_table(rows) == (folder / "hypergradients.md").read_text()
