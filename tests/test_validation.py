@@ -34,7 +34,7 @@ def assert_nothing_written(tmp_path):
 
 
 @pytest.mark.parametrize("name, words", [
-    ("foo", ["unknown hypergradient 'foo'", "choose one of: cg, darts, darts-plain, neumann, sama"]),
+    ("foo", ["unknown hypergradient 'foo'", "choose one of: cg, darts, darts-plain, direct-only, neumann, nystrom, sama"]),
     ("neumanm", ["unknown hypergradient 'neumanm'", "did you mean 'neumann'"]),
 ])
 def test_unknown_hypergradient_flag(name, words, glue_dir, tiny_bert_dir, tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_unknown_hypergradient_flag(name, words, glue_dir, tiny_bert_dir, tmp_pa
 
 
 @pytest.mark.parametrize("name, words", [
-    ("foo", ["unknown hypergradient 'foo'", "choose one of: cg, darts, darts-plain, neumann, sama"]),
+    ("foo", ["unknown hypergradient 'foo'", "choose one of: cg, darts, darts-plain, direct-only, neumann, nystrom, sama"]),
     ("sam", ["unknown hypergradient 'sam'", "did you mean 'sama'"]),
 ])
 def test_unknown_hypergradient_in_config_file(name, words, glue_dir, tiny_bert_dir, tmp_path, capsys):
