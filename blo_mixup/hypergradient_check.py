@@ -48,8 +48,6 @@ REFERENCES = ("unrolled", "implicit")
 def run_hypergradient_check(options: CheckOptions) -> list[dict]:
     """Measure every hypergradient of options.hypergradients at options.points; write the CSV, the table and
     the plot to options.output_dir (when given); return the rows."""
-    import torch
-    from betty.hypergradient import jvp_fn_mapping
     from transformers import set_seed
 
     from .blo import hypergradients as hg
@@ -101,8 +99,7 @@ def run_hypergradient_check(options: CheckOptions) -> list[dict]:
         record.batch = lower.cur_batch
         model.eval()  # dropout off: every call below sees the same function
         try:
-            rows += _measure(engine.global_step, lower, upper, record, fixed, names, options, mixup, ctx.device,
-                             torch, jvp_fn_mapping, hg, ref)
+            rows += _measure(engine.global_step, lower, upper, record, fixed, names, options, mixup, ctx.device)
         finally:
             model.train()
     if options.output_dir:
@@ -110,8 +107,14 @@ def run_hypergradient_check(options: CheckOptions) -> list[dict]:
     return rows
 
 
-def _measure(step, lower, upper, record, batch, names, options, mixup, device, torch, jvp_fn_mapping, hg, ref) -> list[dict]:
+def _measure(step, lower, upper, record, batch, names, options, mixup, device) -> list[dict]:
+    """One point: both references, then every method against them (a row per method and reference)."""
+    import torch
+    from betty.hypergradient import jvp_fn_mapping
+
     from .bench import step_peak_bytes
+    from .blo import hypergradients as hg
+    from .blo.hypergradients import references as ref
 
     a_params, w_params = upper.trainable_parameters(), lower.meta_trainable_parameters()
     found = torch.autograd.grad(upper.training_step(batch), [*a_params, *w_params], allow_unused=True)

@@ -179,10 +179,12 @@ def test_the_hypergradients_command_writes_its_table(tiny_bert_dir, glue_dir, tm
             "--batch-size", "4", "--max-length", "32", "--epochs", "1", "--max-products", "10"]
     assert main([*args, "--points", "0", "--output-dir", str(tmp_path / "bad")]) == 2
     assert "--points 0: phase 1 has lower steps 1 to 6 here" in capsys.readouterr().err
-    assert main([*args, "--points", "2,end", "--hypergradients", "darts-plain,cg,direct-only", "--output-dir", str(tmp_path)]) == 0
+    assert main([*args, "--points", "2,end", "--hypergradients", "darts-plain,cg,direct-only", "--memory",
+                 "--output-dir", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "hypergradients.csv")))
     assert [(r["step"], r["hypergradient"], r["reference"]) for r in rows[:2]] == [("2", "darts-plain", "unrolled"), ("2", "darts-plain", "implicit")]
     assert len(rows) == 2 * 3 * 2 and {r["step"] for r in rows} == {"2", "6"}
     assert all(-1 <= float(r["cosine"]) <= 1 for r in rows if r["hypergradient"] != "direct-only")
     assert all(int(r["implicit_products"]) <= 10 and float(r["implicit_residual"]) >= 0 for r in rows)
+    assert all(float(r["peak_mib"]) > 0 for r in rows if r["hypergradient"] != "direct-only")  # --memory
     assert (tmp_path / "hypergradients.png").is_file() and "| cg |" in (tmp_path / "hypergradients.md").read_text()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .parser import add_dataclass_flags, given
 
 NAME = "hypergradients"
@@ -23,7 +25,7 @@ def run(args) -> int:
     if not options.output_dir:
         raise UserError("--output-dir is missing; name the folder for hypergradients.csv, .md and .png")
     run_hypergradient_check(options)
-    folder = options.output_dir
-    print(open(f"{folder}/hypergradients.md").read())
-    print(f"wrote {folder}/hypergradients.csv, {folder}/hypergradients.md, {folder}/hypergradients.png")
+    folder = Path(options.output_dir)
+    print((folder / "hypergradients.md").read_text())
+    print(f"wrote {folder / 'hypergradients.csv'}, {folder / 'hypergradients.md'}, {folder / 'hypergradients.png'}")
     return 0

@@ -82,7 +82,8 @@ class StepRecord:
                                 "it is blo-mixup's lower optimizer")
         self.hyper = {id(p): {k: self.groups[id(p)][k] for k in ("lr", "betas", "eps", "weight_decay")}
                       for p in self.params if id(p) in self.groups}
-        self.decoupled = {id(p): self.groups[id(p)].get("decoupled_weight_decay", True) for p in self.params if id(p) in self.groups}
+        if any(group["weight_decay"] and not group.get("decoupled_weight_decay", True) for group in optimizer.param_groups):
+            raise UserError("the unrolled reference needs decoupled weight decay (AdamW), as blo-mixup's lower optimizer has")
         self.state = {id(p): {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in optimizer.state[p].items()}
                       for p in self.params if p in optimizer.state}
         self.clip = float(lower.gradient_clipping or 0.0)
@@ -107,8 +108,6 @@ def adamw_step(record: StepRecord, weights, gradients):
         t = float(state.get("step", 0)) + 1
         m = beta1 * state.get("exp_avg", torch.zeros_like(w)) + (1 - beta1) * g
         s = beta2 * state.get("exp_avg_sq", torch.zeros_like(w)) + (1 - beta2) * g * g
-        if decay and not record.decoupled[id(p)]:
-            raise UserError("the unrolled reference needs decoupled weight decay (AdamW), as blo-mixup's lower optimizer has")
         base = w * (1 - lr * decay) if decay else w
         # sqrt's derivative is infinite at 0 (an entry with no gradient and no second moment yet), where
         # ds/dg = 0: take sqrt(s) there as a constant 0, so the derivative is the finite one, 1 / eps
