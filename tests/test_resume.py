@@ -37,6 +37,8 @@ CASES = {
     "reinit-llrd": ["--method", "reinit-llrd"],
     "guided-dropout": ["--method", "guided-dropout"],  # later runs read its Fisher scores from the cache
     "vanilla-matched": ["--method", "vanilla-matched"],
+    "fixed-attention": ["--method", "fixed-attention", "--attention", "0.7"],
+    "interpolate": ["--method", "interpolate", "--interpolate-alphas", "0.5,0.8,1"],
     "ftft": ["--method", "ftft"],
     "blo-mixup": ["--method", "blo-mixup"],
     "blo-mixup-unroll2-neumann": ["--method", "blo-mixup", "--unroll-steps", "2", "--hypergradient", "neumann"],
@@ -47,7 +49,7 @@ CASES = {
 }
 # The training steps (counted over the whole run) at whose start a run is killed: between saves, in the
 # first stage, then in the next stage or, for PAC-tuning, in stage 2 (after a save in stage 2).
-CRASHES = {"blo-mixup": (5, 11), "pac-tuning": (5, 11), "pac-tuning-full-batch": (5, 8)}
+CRASHES = {"blo-mixup": (5, 11), "interpolate": (5, 11), "pac-tuning": (5, 11), "pac-tuning-full-batch": (5, 8)}
 
 
 def args_for(glue_dir, model_dir, out, extra):

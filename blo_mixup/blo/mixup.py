@@ -170,7 +170,8 @@ class _Attention(nn.Module):
             self.a = nn.Parameter(self._initial(shape, init, config, device, dtype))
 
     def _initial(self, shape, value, config, device, dtype):
-        values = torch.full(shape, value, device=device, dtype=torch.float32)
+        # Built in float32 at least (in float64 for a float64 model, so that A is exactly `value` there).
+        values = torch.full(shape, value, device=device, dtype=torch.promote_types(dtype or torch.float32, torch.float32))
         if config.init_std > 0:
             values += torch.randn(shape, device=device) * config.init_std
         if self.constraint == "sigmoid":
