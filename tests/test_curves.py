@@ -102,3 +102,18 @@ def test_curves_rejects_bad_options(tmp_path, capsys):
     assert main(["curves", "--tasks", "sst2", "--lrs", "0", "--output-dir", str(tmp_path)]) == 2
     assert main(["curves", "--tasks", "sst2", "--report-only", "--output-dir", str(tmp_path)]) == 2
     assert "no finished learning curve" in capsys.readouterr().err
+
+
+def test_the_table_counts_failed_runs_and_the_spread_of_the_runs_as_trained():
+    from blo_mixup.curves import margin_table
+
+    def curve(seed, scores, constant=0.5):
+        spec = dict(task="sst2", train_size=300, head="cls", lr=1e-4, warmup_ratio=0.0, epochs=len(scores), seed=seed)
+        return {"spec": spec, "main_metric": "accuracy", "constant_score": constant,
+                "curve": [{"epoch": e + 1, "step": e + 1, "train_loss": 0.0, "main_score": s} for e, s in enumerate(scores)]}
+
+    # seed 2 peaks at epoch 1 and ends at the constant (failed); seed 3 ends below it (failed)
+    table = margin_table([curve(1, [0.6, 0.8]), curve(2, [0.7, 0.5]), curve(3, [0.5, 0.4]), curve(4, [0.6, 0.9])])
+    row = next(line for line in table.splitlines() if line.startswith("| sst2 |"))
+    assert row.endswith("| 65.0 ± 23.8 | 2/4 |")  # last epoch: 0.8, 0.5, 0.4, 0.9
+    assert "Failed: runs whose last-epoch score is at most the constant" in table
