@@ -159,6 +159,8 @@ def margin_table(curves: list[dict]) -> str:
     """Markdown: per task, size and configuration, the held-out score at every epoch as mean over seeds,
     the best epoch's margin over the constant prediction in standard errors (paired per seed), and the
     runs as trained (their last epoch): spread over seeds and how many failed."""
+    from .metrics import failed
+
     lines = ["| task | n | configuration | seeds | held-out score x100 by epoch (mean over seeds) | constant | "
              "best epoch: margin ± SE (margin / SE) | last epoch: mean ± std | failed |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -174,10 +176,10 @@ def margin_table(curves: list[dict]) -> str:
         curve = " ".join(f"{100 * m:.1f}" for m in means)
         last = [r["curve"][-1]["main_score"] for r in runs]
         spread = f"{100 * statistics.stdev(last):.1f}" if len(last) > 1 else "-"
-        failed = sum(failed_run(r) for r in runs)
+        failures = sum(failed(r["curve"][-1]["main_score"], r["constant_score"]) for r in runs)  # as trained
         lines.append(f"| {task} | {size} | {name} | {len(runs)} | {curve} | {100 * constant:.1f} | "
                      f"{best + 1}: {100 * mean:+.1f} ± {100 * se:.1f} ({ratio}) | "
-                     f"{100 * statistics.fmean(last):.1f} ± {spread} | {failed}/{len(runs)} |")
+                     f"{100 * statistics.fmean(last):.1f} ± {spread} | {failures}/{len(runs)} |")
     lines += ["", "Held-out: a stratified sample of the GLUE train split outside each seed's subsample (never the dev set). "
               "Margin: best epoch's score minus the constant prediction (the subsample's majority class; its mean for "
               "regression), per seed, mean ± standard error over seeds. The best epoch is picked on the same held-out "
@@ -185,13 +187,6 @@ def margin_table(curves: list[dict]) -> str:
               "standard deviation over seeds. Failed: runs whose last-epoch score is at most the constant "
               "prediction's (Mosbach et al. 2021)."]
     return "\n".join(lines) + "\n"
-
-
-def failed_run(curve: dict) -> bool:
-    """A run fails when its last held-out score is at most the constant prediction's (Mosbach et al., 2021);
-    a NaN score (a constant output on STS-B) fails too."""
-    score = curve["curve"][-1]["main_score"]
-    return math.isnan(score) or score <= curve["constant_score"]
 
 
 def curves_plot(curves: list[dict], path: Path) -> None:

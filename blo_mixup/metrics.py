@@ -11,6 +11,7 @@ docstring.
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 
@@ -104,3 +105,9 @@ def constant_prediction_score(task: TaskSpec | str, dev) -> float:
         raise ValueError(f"{task.name}: the dev set is empty")
     guess = labels.mean() if task.is_regression else np.bincount(labels).argmax()
     return main_metric_value(task, compute_metrics(task, np.full(len(labels), guess), labels))
+
+
+def failed(score: float, constant_score: float) -> bool:
+    """A run failed when its main score is at most a constant prediction's (Mosbach et al., 2021); a NaN
+    score (a constant output, whose correlation is undefined) fails too."""
+    return math.isnan(score) or score <= constant_score

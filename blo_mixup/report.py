@@ -149,6 +149,24 @@ def updates_table(results: list[dict], tasks: list[str], methods: list[str]) -> 
     return "\n".join(lines) + "\n"
 
 
+def failed_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
+    """Markdown: per method and task, how many runs failed (metrics.failed: at most the constant prediction's
+    score on the same evaluation set); empty when no run records a constant score."""
+    from .metrics import failed
+
+    lines = ["| failed runs | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    counted = False
+    for method in methods:
+        row = []
+        for task in tasks:
+            runs = [r for r in results if r["task"] == task and r["method"] == method and r.get("constant_score") is not None]
+            counted |= bool(runs)
+            row.append(f"{sum(failed(r['main_score'], r['constant_score']) for r in runs)}/{len(runs)}" if runs else "-")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    lines += ["", "Failed: main score at most the constant prediction's on the same evaluation set (Mosbach et al. 2021)."]
+    return "\n".join(lines) + "\n" if counted else ""
+
+
 def attention_table(rows: list[dict], tasks: list[str], methods: list[str]) -> str:
     """Markdown: how far the learned attention A moved from 1 (W unmixed), per task and method with attention:
     the range of the per-matrix means of A over every matrix and seed, and the smallest entry. Empty when

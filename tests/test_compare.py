@@ -228,3 +228,15 @@ def test_paired_against_several_rows(glue_dir, tiny_bert_dir, tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     first, second = summary.split("| against vanilla, same seeds |")[1].split("| against vanilla+epochs=2, same seeds |")
     assert "| vanilla+epochs=2 | " in first and "| vanilla | " in second
+
+
+def test_the_failed_runs_table_counts_runs_at_or_below_the_constant():
+    from blo_mixup.report import failed_table
+
+    rows = [{"task": "cola", "method": m, "seed": s, "main_score": score, "constant_score": 0.0}
+            for m, scores in [("vanilla", [0.0, 0.1, -0.02]), ("blo-mixup", [0.05, float("nan"), 0.2])]
+            for s, score in enumerate(scores, 1)]
+    rows.append({"task": "stsb", "method": "vanilla", "seed": 1, "main_score": 0.6, "constant_score": None})
+    table = failed_table(rows, ["cola", "stsb"], ["vanilla", "blo-mixup"])
+    assert "| vanilla | 2/3 | - |" in table and "| blo-mixup | 1/3 | - |" in table  # NaN fails; at the constant fails
+    assert failed_table([{**r, "constant_score": None} for r in rows], ["cola"], ["vanilla"]) == ""
