@@ -55,7 +55,7 @@ class BenchOptions(DataOptions):
     steps: int = field(default=5, metadata={"help": "timed steps per case (the median is reported)", "above": 0})
     warmup: int = field(default=2, metadata={"help": "untimed warm-up steps per case"})
     train_size: int | None = field(default=None, metadata={"help": "training examples of the whole run whose wall time is estimated; default: the data's training rows, else 300", "above": 0})
-    epochs: float = field(default=3.0, metadata={"help": "epochs of that whole run"})
+    epochs: float | None = field(default=None, metadata={"help": "epochs of that whole run; default: finetune's for --train-size (config.default_epochs)", "above": 0})
     split_ratio: float = field(default=0.8, metadata={"help": "D1 fraction assumed for blo-mixup's phase 1"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
     memory: bool = field(default=True, metadata={"help": "also measure peak memory (one extra profiled step per case)"})
@@ -354,16 +354,19 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
 
 
 def whole_run_ratios(rows, options: BenchOptions, steps_for) -> dict[str, Any]:
+    from .config import default_epochs
+
     by_name = {r["case"]: r for r in rows}
-    plain_steps = steps_for(options.train_size, options.batch_size, options.epochs)
+    epochs = options.epochs or default_epochs(options.train_size, options.batch_size)
+    plain_steps = steps_for(options.train_size, options.batch_size, epochs)
     vanilla_s = plain_steps * by_name["vanilla"]["step_s"]
-    result = {"train_size": options.train_size, "epochs": options.epochs, "vanilla_s": vanilla_s}
+    result = {"train_size": options.train_size, "epochs": epochs, "vanilla_s": vanilla_s}
     d1 = math.floor(options.split_ratio * options.train_size + 0.5)
     for row in rows:
         if row["case"].startswith("blo-") and "mixup-step" in by_name:
             phase1, phase2 = row.get("phase_epochs") or (None, None)
-            phase1 = options.epochs if phase1 is None else phase1
-            phase2 = options.epochs if phase2 is None else phase2
+            phase1 = epochs if phase1 is None else phase1
+            phase2 = epochs if phase2 is None else phase2
             seconds = (steps_for(d1, options.batch_size, phase1) / row["lower_steps"] * row["step_s"]
                        + (steps_for(options.train_size, options.batch_size, phase2) if phase2 > 0 else 0)
                        * by_name["mixup-step"]["step_s"])

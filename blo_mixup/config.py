@@ -44,7 +44,7 @@ class RunConfig(DataOptions):
     train_size: int | None = field(default=None, metadata={"help": "training examples drawn per seed (stratified); 0 = all; default: 300 with --task (the low-resource protocol), every row with your own data", "min": 0})
     heldout_size: int | None = field(default=None, metadata={"help": "GLUE: score the run on this many training examples outside the seed's subsample (stratified; the rows `blo-mixup curves` scores) instead of the dev set, to choose options without looking at the dev set; default: the dev set", "min": 1})
     seed: int = field(default=1, metadata={"help": "seed of the subsample, the head's initialisation and the data order"})
-    epochs: float = field(default=3.0, metadata={"help": "training epochs", "above": 0})
+    epochs: float | None = field(default=None, metadata={"help": "training epochs; default: the fewest that give 360 weight updates, at least 3 and at most 10 (at batch size 16: 10 up to 624 examples, 6 at 1000, 3 from 1905; docs/method.md)", "above": 0})
     batch_size: int = field(default=16, metadata={"help": "batch size", "above": 0})
     max_length: int = field(default=128, metadata={"help": "maximum tokens per example", "above": 0})
     lr: float | None = field(default=None, metadata={"help": "learning rate; default by model size: 1e-4 under 100M parameters, 2e-5 above", "above": 0})
@@ -72,6 +72,23 @@ def with_train_size(run: RunConfig) -> RunConfig:
     if run.train_size is not None:
         return run
     return dataclasses.replace(run, train_size=GLUE_TRAIN_SIZE if run.task is not None else 0)
+
+
+# The default training length (docs/method.md, "Training length"): the held-out curves of plain fine-tuning
+# (docs/results/curves-minilm) keep improving up to 10 epochs at 300 examples and level off by 6 at 1000.
+DEFAULT_WEIGHT_UPDATES, DEFAULT_MIN_EPOCHS, DEFAULT_MAX_EPOCHS = 360, 3, 10
+
+
+def default_epochs(num_examples: int, batch_size: int) -> int:
+    """The epochs of a run that does not set --epochs: the fewest that give DEFAULT_WEIGHT_UPDATES steps
+    at this size, within [DEFAULT_MIN_EPOCHS, DEFAULT_MAX_EPOCHS]; small data sets get more epochs."""
+    per_epoch = max(1, math.ceil(num_examples / batch_size))
+    return min(DEFAULT_MAX_EPOCHS, max(DEFAULT_MIN_EPOCHS, math.ceil(DEFAULT_WEIGHT_UPDATES / per_epoch)))
+
+
+def epochs_of(run: "RunConfig", num_examples: int) -> float:
+    """The epochs `run` trains on `num_examples` examples: --epochs, else the default for that size."""
+    return run.epochs if run.epochs is not None else default_epochs(num_examples, run.batch_size)
 
 
 def small_model_lr(num_parameters: int) -> float:

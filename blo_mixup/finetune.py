@@ -13,7 +13,7 @@ import torch
 
 from . import __version__, distributed
 from .checkpoint import Checkpointer
-from .config import RunConfig, small_model_lr, to_dict, validate_run_config, with_train_size
+from .config import RunConfig, epochs_of, small_model_lr, to_dict, validate_run_config, with_train_size
 from .distributed import is_main_process
 from .errors import UserError
 from .logs import RunLog, logging_to
@@ -43,6 +43,7 @@ def build_context(run: RunConfig, method, output_dir: Path, data=None):
     data = data or load_task_data(run)
     task = data.task
     train_raw = subsample(data.train, run.train_size or None, run.seed, task)
+    run = dataclasses.replace(run, epochs=epochs_of(run, len(train_raw)))  # the default depends on the subsample's size
     set_seed(run.seed)  # the new task head's initialisation depends on the seed only
     model, tokenizer = load_model_and_tokenizer(run.model, task, **method.model_kwargs())
     lr = run.lr if run.lr is not None else small_model_lr(count_parameters(model))
@@ -125,6 +126,7 @@ def finetune_with_model(run: RunConfig, method, data=None):
         "train_time_s": round(train_time, 3),
         "total_time_s": round(time.perf_counter() - started, 3),
         "lr": ctx.lr,
+        "epochs": ctx.run.epochs,
         "training": stats,
         "loss_history": log.loss_history(),
         "logs": LOGS if run.report_to == "tensorboard" else None,

@@ -23,6 +23,31 @@ def test_planned_updates_follow_the_options():
     assert no_phase2.planned_weight_updates(300, run) == 30
 
 
+def test_the_default_training_length_follows_the_data_size():
+    from blo_mixup.config import default_epochs
+
+    assert [default_epochs(n, 16) for n in (16, 300, 624, 625, 1000, 1904, 1905, 67349)] == [10, 10, 10, 9, 6, 4, 3, 3]
+    assert default_epochs(1000, 32) == 10 and default_epochs(300, 1) == 3
+    run = RunConfig(task="rte", train_size=300)  # no --epochs: 10 at this size, for every method's budget
+    assert get_method("vanilla")(run=run).planned_weight_updates(300, run) == 190
+    assert get_method("blo-mixup")(run=run).planned_weight_updates(300, run) == 150 + 190
+
+
+def test_a_run_without_epochs_trains_the_default_and_records_it(glue_dir, tiny_bert_dir, tmp_path, one_thread):
+    out = tmp_path / "cmp"
+    args = ["compare", "--tasks", "rte", "--methods", "vanilla,vanilla-matched", "--seeds", "1", "--train-size", "16",
+            "--batch-size", "8", "--max-length", "32", "--data-dir", str(glue_dir), "--model", str(tiny_bert_dir),
+            "--output-dir", str(out), "--no-save-model", "--report-to", "none"]
+    assert main(args) == 0
+    results = {m: json.loads((out / "runs" / "rte" / m / "seed1" / "results.json").read_text())
+               for m in ("vanilla", "vanilla-matched")}
+    assert results["vanilla"]["epochs"] == 10 and results["vanilla"]["config"]["epochs"] is None
+    assert results["vanilla"]["weight_updates"] == 2 * 10  # 16 / 8 per epoch
+    # blo-mixup at the same default: D1 = 13 examples -> 2 x 10 lower steps, then 2 x 10 in phase 2
+    assert results["vanilla-matched"]["weight_updates"] == 40
+    assert main(args) == 0  # the folder's runs are this plan's: nothing is refused or redone
+
+
 @pytest.mark.slow
 def test_vanilla_matched_takes_blo_mixups_updates(glue_dir, tiny_bert_dir, tmp_path, one_thread):
     out = tmp_path / "cmp"

@@ -158,12 +158,13 @@ class BloMixup(Method):
 
     def planned_weight_updates(self, num_examples, run):
         """Phase 1's lower steps over D1 (one fold: folds are averaged, not chained) plus phase 2's steps."""
+        from ..config import epochs_of
         from ..data import split_sizes
         from ..training import steps_for
 
-        o = self.options
-        phase1 = steps_for(split_sizes(num_examples, o.split_ratio), run.batch_size, o.phase1_epochs or run.epochs)
-        phase2_epochs = run.epochs if o.phase2_epochs is None else o.phase2_epochs
+        o, epochs = self.options, epochs_of(run, num_examples)
+        phase1 = steps_for(split_sizes(num_examples, o.split_ratio), run.batch_size, o.phase1_epochs or epochs)
+        phase2_epochs = epochs if o.phase2_epochs is None else o.phase2_epochs
         return phase1 + (steps_for(num_examples, run.batch_size, phase2_epochs) if phase2_epochs > 0 else 0)
 
     def weight_updates(self, stats):

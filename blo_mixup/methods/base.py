@@ -114,9 +114,10 @@ class Method:
     def planned_weight_updates(self, num_examples: int, run) -> int:
         """Optimizer steps on the task weights W that this method will take on `num_examples` examples:
         the figure comparisons match budgets by (vanilla-matched). Default: one loop of --epochs."""
+        from ..config import epochs_of
         from ..training import steps_for
 
-        return steps_for(num_examples, run.batch_size, run.epochs)
+        return steps_for(num_examples, run.batch_size, epochs_of(run, num_examples))
 
     def weight_updates(self, stats: dict[str, Any]) -> int:
         """Optimizer steps taken on W, from fit()'s statistics (results.json's "weight_updates")."""

@@ -263,9 +263,10 @@ class Ftft(Method):
 
     def planned_weight_updates(self, num_examples, run):
         """The main model's most steps (early stopping may take fewer); the reference model is not counted."""
+        from ..config import epochs_of
         from ..training import steps_for
 
-        return self.options.ftft_max_steps or steps_for(num_examples, run.batch_size, run.epochs)
+        return self.options.ftft_max_steps or steps_for(num_examples, run.batch_size, epochs_of(run, num_examples))
 
     def fit(self, model, ctx):
         from ..data import split_two
