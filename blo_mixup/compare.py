@@ -43,7 +43,7 @@ def run_compare(*, methods: str, output_dir: str | Path, tasks: str | None = Non
     from .data import get_task
     from .datafiles import load_task_data
     from .methods import get_method
-    from .report import attention_table, failed_table, paired_table, summary_plot, summary_table, updates_table, write_results_csv
+    from .report import attention_table, failed_table, paired_table, summary_plot, summary_table, time_table, updates_table, write_results_csv
     from .runs import write_text_atomic
     from .workers import run_workers
 
@@ -112,9 +112,9 @@ def run_compare(*, methods: str, output_dir: str | Path, tasks: str | None = Non
     if heldout:  # say so before anyone reads the numbers as dev scores
         table = f"Scored on {heldout} held-out training examples per seed (--heldout-size), not on the dev set.\n\n{table}"
     table += "\n" + updates_table(results, tasks, methods)
-    failures = failed_table(results, tasks, methods)
-    if failures:
-        table += "\n" + failures
+    for extra in (failed_table(results, tasks, methods), time_table(results, tasks, methods)):
+        if extra:
+            table += "\n" + extra
     attention = attention_table(results, tasks, methods)
     if attention:  # blo-mixup's rows: how far A moved from 1
         table += "\n" + attention

@@ -149,6 +149,28 @@ def updates_table(results: list[dict], tasks: list[str], methods: list[str]) -> 
     return "\n".join(lines) + "\n"
 
 
+def time_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
+    """Markdown: per method and task, the median training time over seeds (train_time_s) and its ratio to the
+    first method's median on the same task; empty when no run records its time."""
+    def median(method, task):
+        times = [r["train_time_s"] for r in results if r["task"] == task and r["method"] == method and r.get("train_time_s")]
+        return statistics.median(times) if times else None
+
+    lines = ["| training time | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    timed = False
+    for method in methods:
+        row = []
+        for task in tasks:
+            seconds, base = median(method, task), median(methods[0], task)
+            timed |= seconds is not None
+            row.append("-" if seconds is None else f"{seconds:.0f} s" + (f" ({seconds / base:.2f}x)" if base else ""))
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    lines += ["", f"Median training time per run over seeds (train_time_s: the method's training, without loading and "
+              f"evaluation), and in brackets its ratio to {methods[0]}'s. Wall times of whatever machine ran the rows, "
+              "possibly several runs at once: a rough figure; `blo-mixup bench` measures cost."]
+    return "\n".join(lines) + "\n" if timed else ""
+
+
 def failed_table(results: list[dict], tasks: list[str], methods: list[str]) -> str:
     """Markdown: per method and task, how many runs failed (metrics.failed: at most the constant prediction's
     score on the same evaluation set); empty when no run records a constant score."""

@@ -240,3 +240,14 @@ def test_the_failed_runs_table_counts_runs_at_or_below_the_constant():
     table = failed_table(rows, ["cola", "stsb"], ["vanilla", "blo-mixup"])
     assert "| vanilla | 2/3 | - |" in table and "| blo-mixup | 1/3 | - |" in table  # NaN fails; at the constant fails
     assert failed_table([{**r, "constant_score": None} for r in rows], ["cola"], ["vanilla"]) == ""
+
+
+def test_the_time_table_gives_medians_and_ratios_to_the_first_row():
+    from blo_mixup.report import time_table
+
+    rows = [{"task": "sst2", "method": m, "seed": s, "train_time_s": t}
+            for m, times in [("vanilla", [100.0, 120.0, 400.0]), ("blo-mixup", [450.0, 480.0, 500.0])]
+            for s, t in enumerate(times, 1)]
+    table = time_table(rows, ["sst2"], ["vanilla", "blo-mixup"])
+    assert "| vanilla | 120 s (1.00x) |" in table and "| blo-mixup | 480 s (4.00x) |" in table  # medians: one slow run
+    assert time_table([{**r, "train_time_s": None} for r in rows], ["sst2"], ["vanilla"]) == ""
