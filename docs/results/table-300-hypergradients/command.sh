@@ -1,0 +1,14 @@
+# blo-mixup with each hypergradient on SST-2 at 300 examples, 10 epochs (docs/results/README.md, "Which
+# hypergradient: the end score"). The vanilla and blo-mixup (darts, the default) rows, seeds 1-5, are
+# table-300's runs: their rows were copied from docs/results/table-300/results.csv into the output folder
+# first, so the command below skipped them and the pairs share seeds (subsample, head and data order).
+# Runs: from a separate worktree at commit 78da728, `compare --workers 2` (two processes, one core each),
+# 2-core CPU machine, 2026-12-07 (beside test runs part of the time: the times are rough):
+#   git worktree add ../wt-hgtable 78da728
+#   cd ../wt-hgtable && export PYTHONPATH=$PWD
+#   C="python -m blo_mixup.cli compare --tasks sst2 --epochs 10 --data-dir ../shared/data/glue --no-save-model --report-to none --output-dir ../hg-table --workers 2"
+#   $C --methods blo-mixup+hypergradient=darts-plain,blo-mixup+hypergradient=sama,blo-mixup+hypergradient=direct-only --seeds 1-5
+#   $C --methods blo-mixup+hypergradient=neumann,blo-mixup+hypergradient=cg,blo-mixup+hypergradient=nystrom --seeds 1-3   # not run yet
+#   $C --methods blo-mixup+levels=3 --seeds 1-5                                                                               # not run yet
+# summary.md, summary.png and results.csv from results.csv (trains nothing, reads no data), from the repository root:
+blo-mixup compare --tasks sst2 --methods vanilla,blo-mixup,blo-mixup+hypergradient=darts-plain,blo-mixup+hypergradient=sama,blo-mixup+hypergradient=direct-only --seeds 1-5 --paired-against vanilla,blo-mixup --epochs 10 --data-dir ../shared/data/glue --no-save-model --report-to none --output-dir docs/results/table-300-hypergradients --report-only
