@@ -8,7 +8,11 @@
 #   cd ../wt-hgtable && export PYTHONPATH=$PWD
 #   C="python -m blo_mixup.cli compare --tasks sst2 --epochs 10 --data-dir ../shared/data/glue --no-save-model --report-to none --output-dir ../hg-table --workers 2"
 #   $C --methods blo-mixup+hypergradient=darts-plain,blo-mixup+hypergradient=sama,blo-mixup+hypergradient=direct-only --seeds 1-5
-#   $C --methods blo-mixup+hypergradient=neumann,blo-mixup+hypergradient=cg,blo-mixup+hypergradient=nystrom --seeds 1-3   # not run yet
+#   # the thirteenth sitting (2026-12-07), same worktree and folder: neumann first (its seeds 1-2 beside a test
+#   # suite), then cg (started while neumann's seed 3 ran: three runs on two cores for about 20 minutes)
+#   $C --methods blo-mixup+hypergradient=neumann --seeds 1-3
+#   $C --methods blo-mixup+hypergradient=cg --seeds 1-3
+#   $C --methods blo-mixup+hypergradient=nystrom --seeds 1-3                                                                  # not run yet
 #   $C --methods blo-mixup+levels=3 --seeds 1-5                                                                               # not run yet
 # summary.md, summary.png and results.csv from results.csv (trains nothing, reads no data), from the repository root:
-blo-mixup compare --tasks sst2 --methods vanilla,blo-mixup,blo-mixup+hypergradient=darts-plain,blo-mixup+hypergradient=sama,blo-mixup+hypergradient=direct-only --seeds 1-5 --paired-against vanilla,blo-mixup --epochs 10 --data-dir ../shared/data/glue --no-save-model --report-to none --output-dir docs/results/table-300-hypergradients --report-only
+blo-mixup compare --tasks sst2 --methods vanilla,blo-mixup,blo-mixup+hypergradient=darts-plain,blo-mixup+hypergradient=sama,blo-mixup+hypergradient=direct-only,blo-mixup+hypergradient=neumann,blo-mixup+hypergradient=cg --seeds 1-5 --paired-against vanilla,blo-mixup --epochs 10 --data-dir ../shared/data/glue --no-save-model --report-to none --output-dir docs/results/table-300-hypergradients --report-only
