@@ -12,7 +12,10 @@
 #   # suite), then cg (started while neumann's seed 3 ran: three runs on two cores for about 20 minutes)
 #   $C --methods blo-mixup+hypergradient=neumann --seeds 1-3
 #   $C --methods blo-mixup+hypergradient=cg --seeds 1-3
-#   $C --methods blo-mixup+hypergradient=nystrom --seeds 1-3                                                                  # not run yet
-#   $C --methods blo-mixup+levels=3 --seeds 1-5                                                                               # not run yet
+#   # the fourteenth sitting (2026-12-07), same worktree and folder: two processes, each pinned to one core and
+#   # walking the same plan (each run claimed once), so nystrom's seeds 1-2 ran side by side, then seed 3 beside
+#   # the --levels 3 runs; the --levels 3 row's middle level uses darts-plain (docs/three-levels.md)
+#   for core in 0 1; do ( taskset -c $core $C --workers 1 --methods blo-mixup+hypergradient=nystrom --seeds 1-3
+#                         taskset -c $core $C --workers 1 --methods blo-mixup+levels=3 --seeds 1-5 ) & done
 # summary.md, summary.png and results.csv from results.csv (trains nothing, reads no data), from the repository root:
-blo-mixup compare --tasks sst2 --methods vanilla,blo-mixup,blo-mixup+hypergradient=darts-plain,blo-mixup+hypergradient=sama,blo-mixup+hypergradient=direct-only,blo-mixup+hypergradient=neumann,blo-mixup+hypergradient=cg --seeds 1-5 --paired-against vanilla,blo-mixup --epochs 10 --data-dir ../shared/data/glue --no-save-model --report-to none --output-dir docs/results/table-300-hypergradients --report-only
+blo-mixup compare --tasks sst2 --methods vanilla,blo-mixup,blo-mixup+hypergradient=darts-plain,blo-mixup+hypergradient=sama,blo-mixup+hypergradient=direct-only,blo-mixup+hypergradient=neumann,blo-mixup+hypergradient=cg,blo-mixup+hypergradient=nystrom,blo-mixup+levels=3 --seeds 1-5 --paired-against vanilla,blo-mixup --epochs 10 --data-dir ../shared/data/glue --no-save-model --report-to none --output-dir docs/results/table-300-hypergradients --report-only
