@@ -14,7 +14,8 @@
 #   $C --methods blo-mixup+hypergradient=cg --seeds 1-3
 #   # the fourteenth sitting (2026-12-07), same worktree and folder: two processes, each pinned to one core and
 #   # walking the same plan (each run claimed once), so nystrom's seeds 1-2 ran side by side, then seed 3 beside
-#   # the --levels 3 runs; the --levels 3 row's middle level uses darts-plain (docs/three-levels.md)
+#   # the --levels 3 runs; the --levels 3 row's middle level uses darts-plain (docs/three-levels.md); the
+#   # --workers 1 after $C overrides its --workers 2 (the last value wins), so each process keeps its one core
 #   for core in 0 1; do ( taskset -c $core $C --workers 1 --methods blo-mixup+hypergradient=nystrom --seeds 1-3
 #                         taskset -c $core $C --workers 1 --methods blo-mixup+levels=3 --seeds 1-5 ) & done
 # summary.md, summary.png and results.csv from results.csv (trains nothing, reads no data), from the repository root:
