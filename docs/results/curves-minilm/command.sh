@@ -25,6 +25,13 @@
 #   $C --tasks cola --epochs 10 --lrs 3e-4 --warmup-ratios 0.1 --seeds 1-10 --shard K/2
 #   $C --tasks cola --epochs 10 --lrs 1e-4 --warmup-ratios 0 --seeds 1-10 --shard K/2
 #   $C --tasks rte --epochs 10 --lrs 1e-4 --warmup-ratios 0.1 --seeds 1-10 --shard K/2   # stopped after seed 2 (13 min a run)
+#   # the second task (2026-12-07, fifteenth sitting; the same worktree and folder):
+#   $C --tasks sst2,stsb --epochs 10 --lrs 3e-4 --warmup-ratios 0.1 --seeds 1-10 --shard K/2   # stopped part-way: sst2 seeds 2,4,6,8,10, stsb 1-3
+#   C="python -m blo_mixup.cli curves --data-dir ../shared/data/glue --output-dir ../curves-unstable --heads cls --heldout-size 500"
+#   $C --tasks sst2 --train-sizes 100 --epochs 10 --lrs 1e-4 --warmup-ratios 0.1 --seeds 1-10 --shard K/2
+#   $C --tasks sst2 --train-sizes 50 --epochs 10 --lrs 1e-4 --warmup-ratios 0.1 --seeds 1-10 --shard K/2
+#   $C --tasks sst2 --train-sizes 100 --epochs 10 --lrs 1e-3 --warmup-ratios 0.1 --seeds 1-10 --shard K/2
+#   $C --tasks sst2 --train-sizes 100 --epochs 10 --lrs 2e-3 --warmup-ratios 0.1 --seeds 1-10 --shard K/2
 #   cp ../curves-unstable/curves.csv docs/results/curves-minilm/   # then the report line below
 # curves.csv, curves.md and curves.png from every finished run in runs/ (trains nothing), from the repository root:
 blo-mixup curves --tasks sst2 --data-dir ../shared/data/glue --output-dir docs/results/curves-minilm --report-only
